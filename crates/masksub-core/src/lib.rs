@@ -1,0 +1,1 @@
+//! masksub-core
