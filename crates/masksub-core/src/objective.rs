@@ -1,0 +1,148 @@
+//! The sub-model objective of MaskSub: one network, two passes on the same (mixed) batch.
+//!
+//! main: z = f(x), l(z, y); sub: z_s = f(M(x)), l(z_s, sg(s(z))); L = 0.5 main + 0.5 sub.
+//! The two passes are back-propagated one after the other (the main graph is freed before the
+//! sub pass runs, which halves peak memory) and their gradients are summed: the same gradient
+//! as one backward of L. The caller then reduces, clips and takes ONE optimizer step.
+
+use crate::mask::{MaskPlan, MaskStrategy, RandomTokenDrop, TokenGrid};
+use crate::{CoreError, LossKind, Result};
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Which sub-model a run trains alongside the main model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SubModel {
+    /// Plain training: the baseline.
+    None,
+    /// MaskSub: the sub pass sees the batch with `ratio` of it masked.
+    Masking { ratio: f64 },
+}
+
+/// The paper's default masking ratio.
+pub const DEFAULT_MASK_RATIO: f64 = 0.5;
+
+/// What a model must offer to be trained with a sub-model objective. Models live elsewhere; this
+/// is the only contract between them and MaskSub.
+pub trait SubModelForward {
+    /// Training-mode forward; `plan` is `None` for the main pass and the mask for the sub pass.
+    fn forward_train(&self, x: &Tensor, plan: Option<&MaskPlan>) -> candle_core::Result<Tensor>;
+    /// The grid of maskable units (patch tokens for a ViT).
+    fn token_grid(&self) -> TokenGrid;
+}
+
+/// Losses of one step, as reported (only `loss`, the main loss, is "the" training loss).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLosses {
+    pub loss: f32,
+    pub sub_loss: Option<f32>,
+    pub total: f32,
+}
+
+/// The configured objective: sub-model kind, loss and mask strategy.
+#[derive(Debug)]
+pub struct SubObjective {
+    sub: SubModel,
+    loss: LossKind,
+    strategy: Option<Box<dyn MaskStrategy>>,
+}
+
+impl SubObjective {
+    pub fn new(sub: SubModel, loss: LossKind) -> Result<Self> {
+        let strategy: Option<Box<dyn MaskStrategy>> = match sub {
+            SubModel::None => None,
+            SubModel::Masking { ratio } => Some(Box::new(RandomTokenDrop::new(ratio)?)),
+        };
+        Ok(Self { sub, loss, strategy })
+    }
+
+    /// Replace the model family's default strategy (e.g. a user override).
+    pub fn with_strategy(mut self, strategy: Box<dyn MaskStrategy>) -> Self {
+        if self.sub != SubModel::None {
+            self.strategy = Some(strategy);
+        }
+        self
+    }
+
+    pub fn sub_model(&self) -> SubModel {
+        self.sub
+    }
+    pub fn loss_kind(&self) -> LossKind {
+        self.loss
+    }
+
+    /// Draw this step's mask plan (None for plain training).
+    pub fn plan(&self, batch: usize, grid: TokenGrid, rng: &mut dyn RngCore) -> Result<Option<MaskPlan>> {
+        self.strategy.as_ref().map(|s| s.plan(batch, grid, rng)).transpose()
+    }
+
+    /// Forward both passes, back-propagate both, and return the losses and summed gradients.
+    /// `targets` are soft targets (B, C) in the model's dtype.
+    pub fn step(
+        &self,
+        model: &dyn SubModelForward,
+        x: &Tensor,
+        targets: &Tensor,
+        rng: &mut dyn RngCore,
+    ) -> Result<(StepLosses, GradStore)> {
+        let plan = self.plan(x.dim(0)?, model.token_grid(), rng)?;
+        self.step_with_plan(model, x, targets, plan.as_ref())
+    }
+
+    /// [`Self::step`] with a given plan (fixtures and tests pass a fixed one).
+    pub fn step_with_plan(
+        &self,
+        model: &dyn SubModelForward,
+        x: &Tensor,
+        targets: &Tensor,
+        plan: Option<&MaskPlan>,
+    ) -> Result<(StepLosses, GradStore)> {
+        let z = model.forward_train(x, None)?;
+        let main = self.loss.loss(&z, targets)?;
+        let main_v = main.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let Some(plan) = plan else {
+            let grads = main.backward()?;
+            return Ok((StepLosses { loss: main_v, sub_loss: None, total: main_v }, grads));
+        };
+        // sg(s(z)): the teacher is a constant for the sub pass.
+        let teacher = self.loss.teacher(&z.detach())?;
+        let mut grads = (main * 0.5)?.backward()?;
+        drop(z);
+        let zs = model.forward_train(x, Some(plan))?;
+        let sub = self.loss.loss(&zs, &teacher)?;
+        let sub_v = sub.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let sub_grads = (sub * 0.5)?.backward()?;
+        add_grads(&mut grads, sub_grads)?;
+        let losses = StepLosses { loss: main_v, sub_loss: Some(sub_v), total: 0.5 * main_v + 0.5 * sub_v };
+        Ok((losses, grads))
+    }
+}
+
+/// grads += other, parameter by parameter (a parameter may appear in only one of them).
+pub fn add_grads(grads: &mut GradStore, other: GradStore) -> Result<()> {
+    let ids: Vec<_> = other.get_ids().copied().collect();
+    for id in ids {
+        let Some(g) = other.get_id(id) else { continue };
+        let sum = match grads.get_id(id) {
+            Some(acc) => (acc + g)?,
+            None => g.clone(),
+        };
+        grads.insert_id(id, sum);
+    }
+    Ok(())
+}
+
+/// A finite-loss guard with the step in the message, so a diverging run stops with a clear error.
+pub fn check_finite(losses: &StepLosses, step: u64) -> Result<()> {
+    for (what, v) in [("loss", Some(losses.loss)), ("sub_loss", losses.sub_loss)] {
+        if let Some(v) = v {
+            if !v.is_finite() {
+                return Err(CoreError::NonFinite { what, value: v, step });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Small layers shared by the architectures, named as timm names them.
+
+use crate::ops;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::Mutex;
+
+/// timm's default init for Linear weights: trunc_normal(std=0.02) (the +-2 bound is absolute,
+/// i.e. 100 sigma: a plain normal).
+pub const TRUNC_NORMAL_02: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+
+/// y = x W^T + b on the last dimension. Leading dimensions are flattened into one matmul so the
+/// backward is a single GEMM per operand (candle's Linear broadcasts W per batch instead).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_02)?;
+        let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let Some(&in_dim) = dims.last() else { candle_core::bail!("linear: scalar input") };
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// LayerNorm with weight and bias (fused, differentiable).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// fc1 -> GELU(erf) -> fc2.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: Linear::new(dim, hidden, true, vb.pp("fc1"))?, fc2: Linear::new(hidden, dim, true, vb.pp("fc2"))? })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&ops::gelu_erf(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Per-channel learnable scale (timm's LayerScale, key `gamma`).
+#[derive(Debug, Clone)]
+pub struct LayerScale {
+    gamma: Tensor,
+}
+
+impl LayerScale {
+    pub fn new(dim: usize, init_value: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { gamma: vb.get_with_hints(dim, "gamma", Init::Const(init_value))? })
+    }
+}
+
+impl Module for LayerScale {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.gamma)
+    }
+}
+
+/// Stochastic depth: drops a residual branch per sample with probability `rate` during training
+/// and rescales survivors by 1/(1-rate). The RNG is seeded by the model so runs are reproducible.
+#[derive(Debug)]
+pub struct DropPath {
+    rate: f64,
+}
+
+impl DropPath {
+    pub fn new(rate: f64) -> Self {
+        Self { rate }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+        if !train || self.rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let b = x.dim(0)?;
+        let keep = 1.0 - self.rate;
+        let mask: Vec<f32> = {
+            let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("drop-path rng poisoned".into()))?;
+            (0..b).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
+        };
+        let mut shape = vec![1usize; x.rank()];
+        shape[0] = b;
+        let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?;
+        x.broadcast_mul(&mask)
+    }
+}

@@ -1,0 +1,102 @@
+//! The fixed interface every architecture implements (timm's model API), and the loaded model
+//! that ties an architecture to its parameters and to MaskSub.
+
+use crate::registry::ModelSpec;
+use crate::{Result, Vit};
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+use masksub_core::{MaskPlan, SubModelForward, TokenGrid};
+
+/// What the trainer and the optimizer need to know about a network.
+pub trait ImageClassifier: Send + Sync {
+    /// Features before pooling; `plan` masks the sub pass.
+    fn forward_features(&self, x: &Tensor, plan: Option<&MaskPlan>, train: bool) -> Result<Tensor>;
+    /// Pooling + classifier.
+    fn forward_head(&self, features: &Tensor) -> Result<Tensor>;
+    fn forward(&self, x: &Tensor, plan: Option<&MaskPlan>, train: bool) -> Result<Tensor> {
+        self.forward_head(&self.forward_features(x, plan, train)?)
+    }
+    /// The maskable unit grid.
+    fn token_grid(&self) -> TokenGrid;
+    /// Parameter names exempt from weight decay besides all 1-D parameters.
+    fn no_weight_decay(&self) -> Vec<&'static str>;
+    /// Layer id of a parameter for layer-wise lr decay, in 0..=num_layers().
+    fn layer_id(&self, name: &str) -> usize;
+    fn num_layers(&self) -> usize;
+    fn num_classes(&self) -> usize;
+}
+
+impl ImageClassifier for Vit {
+    fn forward_features(&self, x: &Tensor, plan: Option<&MaskPlan>, train: bool) -> Result<Tensor> {
+        let keep = match plan {
+            None => None,
+            Some(p @ MaskPlan::KeepTokens { num_tokens, .. }) => {
+                let grid = self.token_grid().len();
+                if *num_tokens != grid {
+                    return Err(crate::ModelError::Input {
+                        got: vec![*num_tokens],
+                        reason: format!("mask plan is for {num_tokens} tokens, the model has {grid}"),
+                    });
+                }
+                Some(p.keep_tensor(x.device())?)
+            }
+        };
+        Vit::forward_features(self, x, keep.as_ref(), train)
+    }
+    fn forward_head(&self, features: &Tensor) -> Result<Tensor> {
+        Vit::forward_head(self, features)
+    }
+    fn token_grid(&self) -> TokenGrid {
+        self.config().grid()
+    }
+    fn no_weight_decay(&self) -> Vec<&'static str> {
+        vec!["pos_embed", "cls_token"]
+    }
+    fn layer_id(&self, name: &str) -> usize {
+        Vit::layer_id(self, name)
+    }
+    fn num_layers(&self) -> usize {
+        self.config().depth + 1
+    }
+    fn num_classes(&self) -> usize {
+        self.config().num_classes
+    }
+}
+
+/// A network with its parameters (names = timm keys) and the spec it was built from.
+pub struct LoadedModel {
+    pub spec: ModelSpec,
+    pub varmap: VarMap,
+    pub net: Box<dyn ImageClassifier>,
+}
+
+impl LoadedModel {
+    /// All trainable parameters, sorted by name (a stable order for optimizers and checkpoints).
+    pub fn named_parameters(&self) -> Vec<(String, Var)> {
+        let map = self.varmap.data().lock().map(|m| m.clone()).unwrap_or_default();
+        let mut v: Vec<(String, Var)> = map.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Whether `name` (of a parameter of rank `rank`) is decayed: not 1-D, not in no_weight_decay.
+    pub fn decays(&self, name: &str, rank: usize) -> bool {
+        rank > 1 && !self.net.no_weight_decay().contains(&name)
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.net.forward(x, None, train)
+    }
+}
+
+impl SubModelForward for LoadedModel {
+    fn forward_train(&self, x: &Tensor, plan: Option<&MaskPlan>) -> candle_core::Result<Tensor> {
+        self.net.forward(x, plan, true).map_err(|e| match e {
+            crate::ModelError::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
+    }
+    fn token_grid(&self) -> TokenGrid {
+        self.net.token_grid()
+    }
+}

@@ -1,0 +1,57 @@
+//! Differentiable building blocks with fused CPU kernels.
+//!
+//! candle_nn's fused `layer_norm` and `softmax_last_dim` have no backward (they silently drop the
+//! gradient), and the primitive compositions are slow on CPU. Each op here has a fused f32 CPU
+//! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
+//! primitives, which autograd differentiates.
+
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub use gelu::gelu_erf;
+pub use layer_norm::layer_norm;
+pub use softmax::softmax_last_dim;
+
+use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
+
+/// Rows per rayon task: keeps tasks large enough that scheduling is noise.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// The contiguous f32 slice behind a CPU storage + layout.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Whether the fused CPU kernel applies.
+fn use_fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{Device, Tensor, Var};
+    use rand::{Rng, SeedableRng};
+
+    pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Gradient of sum(f(x) * w) for a fixed random w, w.r.t. x.
+    pub fn grad_of(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, w: &Tensor) -> Tensor {
+        let v = Var::from_tensor(x).unwrap();
+        let loss = (f(v.as_tensor()) * w).unwrap().sum_all().unwrap();
+        loss.backward().unwrap().get(v.as_tensor()).unwrap().clone()
+    }
+}

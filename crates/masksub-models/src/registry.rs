@@ -1,0 +1,138 @@
+//! One registry of model names (timm's where the architecture exists in timm) with their
+//! architecture config and preprocessing.
+
+use crate::init::SeededInit;
+use crate::model::LoadedModel;
+use crate::{ModelError, Result, Vit, VitConfig};
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+/// ImageNet normalization (timm's IMAGENET_DEFAULT_MEAN/STD).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Fashion-MNIST train-set pixel statistics (x / 255).
+pub const FASHION_MNIST_MEAN: [f32; 1] = [0.2860];
+pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
+
+/// Architecture family and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum ModelArch {
+    Vit(VitConfig),
+}
+
+/// A registered model: name, architecture, and the preprocessing it expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub arch: ModelArch,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub crop_pct: f64,
+}
+
+type Entry = (&'static str, fn() -> ModelSpec);
+
+fn vit(name: &str, cfg: VitConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> ModelSpec {
+    ModelSpec { name: name.into(), arch: ModelArch::Vit(cfg), mean: mean.to_vec(), std: std.to_vec(), crop_pct }
+}
+
+const REGISTRY: &[Entry] = &[
+    ("vit_fmnist_small", || vit("vit_fmnist_small", VitConfig::vit_fmnist_small(), &FASHION_MNIST_MEAN, &FASHION_MNIST_STD, 1.0)),
+    ("vit_fmnist_tiny", || vit("vit_fmnist_tiny", VitConfig::vit_fmnist_tiny(), &FASHION_MNIST_MEAN, &FASHION_MNIST_STD, 1.0)),
+    ("vit_tiny_patch16_224", || vit("vit_tiny_patch16_224", VitConfig::vit_tiny_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 0.9)),
+    ("deit3_small_patch16_224", || vit("deit3_small_patch16_224", VitConfig::deit3_small_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 1.0)),
+    ("deit3_base_patch16_224", || vit("deit3_base_patch16_224", VitConfig::deit3_base_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 1.0)),
+    ("vit_base_patch16_224.mae", || vit("vit_base_patch16_224.mae", VitConfig::vit_base_patch16_224_mae(), &IMAGENET_MEAN, &IMAGENET_STD, 0.9)),
+];
+
+/// Registered names, in registry order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(n, _)| *n).collect()
+}
+
+/// Look a model up by name.
+pub fn lookup(name: &str) -> Result<ModelSpec> {
+    REGISTRY
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| f())
+        .ok_or_else(|| ModelError::UnknownModel { name: name.into(), known: names().join(", ") })
+}
+
+impl ModelSpec {
+    pub fn num_classes(&self) -> usize {
+        match &self.arch {
+            ModelArch::Vit(c) => c.num_classes,
+        }
+    }
+
+    /// (channels, height, width) the model takes.
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        match &self.arch {
+            ModelArch::Vit(c) => (c.in_chans, c.img_size, c.img_size),
+        }
+    }
+
+    /// Adapt the classifier to a dataset's number of classes and channels.
+    pub fn with_data(mut self, num_classes: usize, in_chans: usize) -> Self {
+        match &mut self.arch {
+            ModelArch::Vit(c) => {
+                c.num_classes = num_classes;
+                c.in_chans = in_chans;
+            }
+        }
+        self
+    }
+
+    pub fn with_drop_path(mut self, rate: f64) -> Self {
+        match &mut self.arch {
+            ModelArch::Vit(c) => c.drop_path_rate = rate,
+        }
+        self
+    }
+
+    /// Build with freshly initialised parameters drawn from `seed`.
+    pub fn build(&self, seed: u64, dtype: DType, device: &Device) -> Result<LoadedModel> {
+        let varmap = VarMap::new();
+        let vb = SeededInit::var_builder(&varmap, seed, dtype, device);
+        let net: Box<dyn crate::ImageClassifier> = match &self.arch {
+            ModelArch::Vit(c) => Box::new(Vit::new(c, vb, seed ^ 0x5eed_d509)?),
+        };
+        Ok(LoadedModel { spec: self.clone(), varmap, net })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_name_resolves_to_a_valid_config() {
+        for n in names() {
+            let s = lookup(n).unwrap();
+            assert_eq!(s.name, n);
+            match &s.arch {
+                ModelArch::Vit(c) => c.validate().unwrap(),
+            }
+            assert_eq!(s.mean.len(), s.input_shape().0);
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_the_known_ones() {
+        let e = lookup("resnet9000").err().unwrap().to_string();
+        assert!(e.contains("resnet9000") && e.contains("deit3_small_patch16_224"), "{e}");
+    }
+
+    #[test]
+    fn deit3_small_has_timms_parameter_count() {
+        // timm: deit3_small_patch16_224 has 22,059,496 parameters (1000 classes).
+        let spec = lookup("deit3_small_patch16_224").unwrap();
+        let m = spec.build(0, DType::F32, &Device::Cpu).unwrap();
+        let n: usize = m.named_parameters().iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(n, 22_059_496);
+    }
+}
