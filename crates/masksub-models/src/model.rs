@@ -24,6 +24,9 @@ pub trait ImageClassifier: Send + Sync {
     fn layer_id(&self, name: &str) -> usize;
     fn num_layers(&self) -> usize;
     fn num_classes(&self) -> usize;
+    /// Re-seed the model's own randomness (drop-path) so a step is reproducible from the run
+    /// seed and the step number, including after a resume.
+    fn reseed(&self, _seed: u64) {}
 }
 
 impl ImageClassifier for Vit {
@@ -60,6 +63,9 @@ impl ImageClassifier for Vit {
     }
     fn num_classes(&self) -> usize {
         self.config().num_classes
+    }
+    fn reseed(&self, seed: u64) {
+        Vit::reseed(self, seed)
     }
 }
 

@@ -275,6 +275,13 @@ impl Vit {
         })
     }
 
+    /// Restart the drop-path stream from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        if let Ok(mut rng) = self.drop_path_rng.lock() {
+            *rng = ChaCha8Rng::seed_from_u64(seed);
+        }
+    }
+
     pub fn config(&self) -> &VitConfig {
         &self.cfg
     }

@@ -1,0 +1,5 @@
+//! One file per subcommand.
+
+pub mod eval;
+pub mod models;
+pub mod train;

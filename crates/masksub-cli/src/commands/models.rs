@@ -1,0 +1,26 @@
+//! `masksub models [PATTERN]`: the registry.
+
+use anyhow::Result;
+use clap::Args;
+use masksub_models::registry::{self, ModelArch};
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// Only names containing this text
+    pattern: Option<String>,
+}
+
+pub fn run(args: ModelsArgs) -> Result<()> {
+    for name in registry::names() {
+        if args.pattern.as_deref().is_some_and(|p| !name.contains(p)) {
+            continue;
+        }
+        let spec = registry::lookup(name)?;
+        let (c, h, w) = spec.input_shape();
+        let arch = match &spec.arch {
+            ModelArch::Vit(v) => format!("ViT d{} x{} h{} /{}", v.embed_dim, v.depth, v.num_heads, v.patch_size),
+        };
+        println!("{name:<28} {arch:<22} input {c}x{h}x{w}  classes {}  crop_pct {}", spec.num_classes(), spec.crop_pct);
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `masksub train`: flags override the defaults of [`TrainConfig`] (or of `--config FILE`).
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use masksub_cli::collective::SingleProcess;
+use masksub_cli::device::{parse_device, set_threads};
+use masksub_cli::trainer::{train, RunOptions};
+use masksub_cli::TrainConfig;
+use masksub_core::SubModel;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SubKind {
+    /// Plain training (the baseline).
+    None,
+    /// MaskSub: a sub pass on the masked batch.
+    Masking,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Start from this JSON config (e.g. a run's config.json) instead of the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder with IDX files [default: the embedded Fashion-MNIST]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Model name (see `masksub models`) [default: vit_fmnist_small]
+    #[arg(long)]
+    model: Option<String>,
+    /// Sub-model [default: masking]
+    #[arg(long, value_enum)]
+    sub: Option<SubKind>,
+    /// Share of patch tokens the sub pass drops [default: 0.5]
+    #[arg(long)]
+    mask_ratio: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Global batch size
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Label smoothing
+    #[arg(long)]
+    smoothing: Option<f64>,
+    /// Clip the summed gradient to this global norm
+    #[arg(long)]
+    clip_grad: Option<f64>,
+    /// Drop-path (stochastic depth) rate
+    #[arg(long)]
+    drop_path: Option<f64>,
+    /// Train on the first N images only
+    #[arg(long)]
+    train_subset: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run folder [default: runs/<timestamp>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (uses its config.json)
+    #[arg(long, conflicts_with_all = ["config", "out"])]
+    resume: Option<PathBuf>,
+    /// cpu, cuda[:N] or metal[:N]
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar or log lines (epoch summaries still print)
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    /// Whether any flag that changes the run's recipe was given.
+    fn overrides_recipe(&self) -> bool {
+        self.data.is_some()
+            || self.model.is_some()
+            || self.sub.is_some()
+            || self.mask_ratio.is_some()
+            || self.batch_size.is_some()
+            || self.lr.is_some()
+            || self.weight_decay.is_some()
+            || self.warmup_epochs.is_some()
+            || self.smoothing.is_some()
+            || self.clip_grad.is_some()
+            || self.drop_path.is_some()
+            || self.train_subset.is_some()
+            || self.seed.is_some()
+    }
+
+    fn apply(&self, mut cfg: TrainConfig) -> Result<TrainConfig> {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { cfg.$f = v.clone(); } )* };
+        }
+        set!(data, model, epochs, batch_size, lr, weight_decay, warmup_epochs, smoothing, seed);
+        if self.clip_grad.is_some() {
+            cfg.clip_grad = self.clip_grad;
+        }
+        if self.drop_path.is_some() {
+            cfg.drop_path = self.drop_path;
+        }
+        if self.train_subset.is_some() {
+            cfg.train_subset = self.train_subset;
+        }
+        let ratio = self.mask_ratio.or(match cfg.sub {
+            SubModel::Masking { ratio } => Some(ratio),
+            SubModel::None => None,
+        });
+        cfg.sub = match (self.sub, ratio) {
+            (Some(SubKind::None), Some(_)) if self.mask_ratio.is_some() => bail!("--mask-ratio needs --sub masking"),
+            (Some(SubKind::None), _) => SubModel::None,
+            (Some(SubKind::Masking), r) => SubModel::Masking { ratio: r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO) },
+            (None, Some(r)) if self.mask_ratio.is_some() => SubModel::Masking { ratio: r },
+            (None, _) => cfg.sub,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = parse_device(&args.device)?;
+    let (cfg, out, resume) = match &args.resume {
+        Some(dir) => {
+            if args.overrides_recipe() {
+                bail!("--resume continues {} with its saved config.json; only --epochs, --device and --threads may be given with it", dir.display());
+            }
+            let mut cfg = TrainConfig::load(&dir.join("config.json"))?;
+            if let Some(e) = args.epochs {
+                cfg.epochs = e;
+                cfg.validate()?;
+            }
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let base = match &args.config {
+                Some(p) => TrainConfig::load(p)?,
+                None => TrainConfig::default(),
+            };
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string()));
+            (args.apply(base)?, out, false)
+        }
+    };
+    if resume && args.epochs.is_some() {
+        // The longer schedule must be the one the config records.
+        cfg.save(&out.join("config.json"))?;
+    }
+    let summary = train(&cfg, RunOptions { out, device, resume, progress: !args.quiet, collective: Box::new(SingleProcess) })?;
+    println!(
+        "done: {} epochs, test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%, {:.0} train img/s, {:.0}s; run folder {}",
+        summary.epochs,
+        summary.test_top1,
+        summary.best_top1,
+        summary.test_top5,
+        summary.train_img_per_s,
+        summary.wall_seconds,
+        summary.out.display()
+    );
+    Ok(())
+}

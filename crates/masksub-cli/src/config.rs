@@ -1,0 +1,163 @@
+//! The run configuration: one serde struct with defaults, saved as `<out>/config.json` beside
+//! every run so a run can be resumed and reproduced exactly.
+
+use anyhow::{bail, Context, Result};
+use masksub_core::{LossKind, SubModel};
+use masksub_data::AugmentConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The data folder shipped in the repository (Fashion-MNIST IDX files).
+pub fn default_data_dir() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/fashion-mnist");
+    repo.canonicalize().unwrap_or(repo)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Registry name of the model (`masksub models` lists them).
+    pub model: String,
+    /// Folder with IDX files (train-images-idx3-ubyte[.gz], ...).
+    pub data: PathBuf,
+    /// Use only the first N training images (quick runs); None = all.
+    pub train_subset: Option<usize>,
+    /// Sub-model: `{"kind": "none"}` or `{"kind": "masking", "ratio": 0.5}`.
+    pub sub: SubModel,
+    pub loss: LossKind,
+    /// Label smoothing folded into the soft targets.
+    pub smoothing: f64,
+    pub epochs: usize,
+    /// Global batch size (split evenly across data-parallel ranks).
+    pub batch_size: usize,
+    /// Peak learning rate (after warmup).
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the summed (main + sub) gradient to this global L2 norm.
+    pub clip_grad: Option<f64>,
+    /// Override the model preset's drop-path rate.
+    pub drop_path: Option<f64>,
+    pub augment: AugmentConfig,
+    pub seed: u64,
+    pub eval_batch_size: usize,
+    /// Write a step row to metrics.jsonl every N optimizer steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: "vit_fmnist_small".into(),
+            data: default_data_dir(),
+            train_subset: None,
+            sub: SubModel::Masking { ratio: masksub_core::objective::DEFAULT_MASK_RATIO },
+            loss: LossKind::SoftCe,
+            smoothing: 0.1,
+            epochs: 5,
+            batch_size: 128,
+            lr: 2e-3,
+            min_lr: 1e-5,
+            warmup_lr: 1e-6,
+            warmup_epochs: 0.5,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_grad: None,
+            drop_path: None,
+            augment: AugmentConfig::default(),
+            seed: 0,
+            eval_batch_size: 500,
+            log_every: 20,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Check every field a user can set; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |field: &str, v: usize| -> Result<()> {
+            if v == 0 {
+                bail!("invalid config: `{field}` must be positive");
+            }
+            Ok(())
+        };
+        pos("epochs", self.epochs)?;
+        pos("batch_size", self.batch_size)?;
+        pos("eval_batch_size", self.eval_batch_size)?;
+        pos("log_every", self.log_every)?;
+        let finite_nonneg = [("lr", self.lr), ("min_lr", self.min_lr), ("warmup_lr", self.warmup_lr), ("warmup_epochs", self.warmup_epochs), ("weight_decay", self.weight_decay)];
+        for (field, v) in finite_nonneg {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("invalid config: `{field}` = {v} must be a finite non-negative number");
+            }
+        }
+        if self.lr == 0.0 {
+            bail!("invalid config: `lr` must be positive");
+        }
+        if !(0.0..1.0).contains(&self.smoothing) {
+            bail!("invalid config: `smoothing` = {} is not in [0, 1)", self.smoothing);
+        }
+        if let SubModel::Masking { ratio } = self.sub {
+            if !(0.0..1.0).contains(&ratio) {
+                bail!("invalid config: `mask_ratio` = {ratio} is not in [0, 1)");
+            }
+        }
+        if let Some(c) = self.clip_grad {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("invalid config: `clip_grad` = {c} must be positive");
+            }
+        }
+        if let Some(d) = self.drop_path {
+            if !(0.0..1.0).contains(&d) {
+                bail!("invalid config: `drop_path` = {d} is not in [0, 1)");
+            }
+        }
+        if self.warmup_epochs > self.epochs as f64 {
+            bail!("invalid config: `warmup_epochs` = {} exceeds `epochs` = {}", self.warmup_epochs, self.epochs);
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read run config", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text).with_context(|| format!("{}: invalid run config", path.display()))?;
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_json() {
+        let c = TrainConfig::default();
+        c.validate().unwrap();
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_fields_name_the_field() {
+        let bad = TrainConfig { batch_size: 0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("batch_size"));
+        let bad = TrainConfig { sub: SubModel::Masking { ratio: 1.2 }, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("mask_ratio"));
+        let bad = TrainConfig { lr: f64::NAN, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("`lr`"));
+        let e = serde_json::from_str::<TrainConfig>(r#"{"epochz": 3}"#).unwrap_err().to_string();
+        assert!(e.contains("epochz"), "{e}");
+    }
+}

@@ -1,0 +1,94 @@
+//! One training step as a small trait the loop drives. [`MaskSubStep`] is the MaskSub step:
+//! both passes, gradient all-reduce, clipping of the summed gradient, ONE AdamW step.
+
+use crate::collective::Collective;
+use anyhow::Result;
+use rand::RngCore;
+use candle_core::{Tensor, Var};
+use masksub_core::rng::{purpose, stream};
+use masksub_core::{loss::smoothed_one_hot, objective::check_finite, AdamW, CosineSchedule, ParamGroup, StepLosses, SubObjective};
+use masksub_models::LoadedModel;
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    pub losses: StepLosses,
+    pub lr: f64,
+    pub grad_norm: Option<f32>,
+}
+
+/// A training step: consume one batch, update the parameters once.
+pub trait TrainStep {
+    fn step(&mut self, images: &Tensor, labels: &Tensor, step: u64) -> Result<StepOutcome>;
+}
+
+/// Split parameters into a decayed and a non-decayed group (1-D params and the model's
+/// `no_weight_decay` names are not decayed), names sorted for a stable order.
+pub fn param_groups(model: &LoadedModel, weight_decay: f64) -> Vec<ParamGroup> {
+    let (mut decay, mut no_decay) = (Vec::new(), Vec::new());
+    for (name, var) in model.named_parameters() {
+        if model.decays(&name, var.rank()) {
+            decay.push((name, var));
+        } else {
+            no_decay.push((name, var));
+        }
+    }
+    vec![
+        ParamGroup { name: "decay".into(), params: decay, weight_decay, lr_scale: 1.0 },
+        ParamGroup { name: "no_decay".into(), params: no_decay, weight_decay: 0.0, lr_scale: 1.0 },
+    ]
+}
+
+pub struct MaskSubStep<'a> {
+    pub model: &'a LoadedModel,
+    pub objective: SubObjective,
+    pub optimizer: AdamW,
+    pub schedule: CosineSchedule,
+    pub collective: &'a dyn Collective,
+    pub clip_grad: Option<f64>,
+    pub smoothing: f64,
+    pub seed: u64,
+    vars: Vec<Var>,
+}
+
+impl<'a> MaskSubStep<'a> {
+    pub fn new(
+        model: &'a LoadedModel,
+        objective: SubObjective,
+        optimizer: AdamW,
+        schedule: CosineSchedule,
+        collective: &'a dyn Collective,
+        clip_grad: Option<f64>,
+        smoothing: f64,
+        seed: u64,
+    ) -> Self {
+        let vars = model.named_parameters().into_iter().map(|(_, v)| v).collect();
+        Self { model, objective, optimizer, schedule, collective, clip_grad, smoothing, seed, vars }
+    }
+}
+
+impl TrainStep for MaskSubStep<'_> {
+    fn step(&mut self, images: &Tensor, labels: &Tensor, step: u64) -> Result<StepOutcome> {
+        let lr = self.schedule.lr(step);
+        self.optimizer.set_lr(lr);
+        let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?.to_dtype(images.dtype())?;
+        // Each rank draws its own masks and drop-path; all are functions of (seed, rank, step).
+        let rank = self.collective.rank() as u64;
+        self.model.net.reseed(stream(self.seed, purpose::DROP_PATH, (step << 16) | rank).next_u64());
+        let mut rng = stream(self.seed, purpose::MASK, (step << 16) | rank);
+        let (losses, mut grads) = self.objective.step(self.model, images, &targets, &mut rng)?;
+        check_finite(&losses, step)?;
+        self.collective.all_reduce_mean(&mut grads, &self.vars)?;
+        let grad_norm = match self.clip_grad {
+            Some(max) => Some(masksub_core::clip::clip_grad_norm(&mut grads, &self.vars, max)?),
+            None => None,
+        };
+        if let Some(n) = grad_norm {
+            if !n.is_finite() {
+                return Err(masksub_core::CoreError::NonFinite { what: "grad_norm", value: n, step }.into());
+            }
+        }
+        self.optimizer.step(&grads)?;
+        Ok(StepOutcome { losses, lr, grad_norm })
+    }
+}
