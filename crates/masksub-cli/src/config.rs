@@ -18,6 +18,9 @@ pub fn default_data_dir() -> PathBuf {
 pub struct TrainConfig {
     /// Registry name of the model (`masksub models` lists them).
     pub model: String,
+    /// Architecture overrides by field name, like timm's `--model-kwargs`
+    /// (e.g. `{"depth": 6, "global_pool": "avg"}`).
+    pub model_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Folder with IDX files (train-images-idx3-ubyte[.gz], ...).
     pub data: PathBuf,
     /// Use only the first N training images (quick runs); None = all.
@@ -54,6 +57,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: "vit_fmnist_small".into(),
+            model_kwargs: serde_json::Map::new(),
             data: default_data_dir(),
             train_subset: None,
             sub: SubModel::Masking { ratio: masksub_core::objective::DEFAULT_MASK_RATIO },

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Step-level output at all (epoch summaries print regardless).
+    enabled: bool,
     total_steps: u64,
     start: Instant,
     start_step: u64,
@@ -24,7 +26,7 @@ impl Progress {
             b.set_position(start_step);
             b
         });
-        Self { bar, total_steps, start: Instant::now(), start_step, log_every: log_every.max(1) }
+        Self { bar, enabled, total_steps, start: Instant::now(), start_step, log_every: log_every.max(1) }
     }
 
     pub fn update(&self, step: u64, epoch: usize, loss: f32, sub_loss: Option<f32>, lr: f64, img_per_s: f64) {
@@ -35,7 +37,7 @@ impl Progress {
                 b.set_position(step);
                 b.set_message(msg);
             }
-            None if step % self.log_every == 0 => {
+            None if self.enabled && step % self.log_every == 0 => {
                 let done = (step - self.start_step) as f64;
                 let eta = if done > 0.0 { self.start.elapsed().as_secs_f64() / done * (self.total_steps - step) as f64 } else { 0.0 };
                 println!("step {step}/{} {msg} eta {eta:.0}s", self.total_steps);

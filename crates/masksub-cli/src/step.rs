@@ -5,7 +5,7 @@ use crate::collective::Collective;
 use anyhow::Result;
 use rand::RngCore;
 use candle_core::{Tensor, Var};
-use masksub_core::rng::{purpose, stream};
+use masksub_core::rng::{purpose, seeded};
 use masksub_core::{loss::smoothed_one_hot, objective::check_finite, AdamW, CosineSchedule, ParamGroup, StepLosses, SubObjective};
 use masksub_models::LoadedModel;
 
@@ -74,8 +74,8 @@ impl TrainStep for MaskSubStep<'_> {
         let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?.to_dtype(images.dtype())?;
         // Each rank draws its own masks and drop-path; all are functions of (seed, rank, step).
         let rank = self.collective.rank() as u64;
-        self.model.net.reseed(stream(self.seed, purpose::DROP_PATH, (step << 16) | rank).next_u64());
-        let mut rng = stream(self.seed, purpose::MASK, (step << 16) | rank);
+        self.model.net.reseed(seeded(&[purpose::DROP_PATH, self.seed, step, rank]).next_u64());
+        let mut rng = seeded(&[purpose::MASK, self.seed, step, rank]);
         let (losses, mut grads) = self.objective.step(self.model, images, &targets, &mut rng)?;
         check_finite(&losses, step)?;
         self.collective.all_reduce_mean(&mut grads, &self.vars)?;

@@ -27,6 +27,15 @@ pub struct RunOptions {
     /// Show a progress bar / log lines.
     pub progress: bool,
     pub collective: Box<dyn Collective>,
+    /// Stop after this many epochs in this invocation (a time-boxed job; `resume` continues).
+    pub max_epochs_this_run: Option<usize>,
+}
+
+impl RunOptions {
+    /// Single process with progress output, the usual CLI case.
+    pub fn new(out: PathBuf, device: Device) -> Self {
+        Self { out, device, resume: false, progress: true, collective: Box::new(crate::collective::SingleProcess), max_epochs_this_run: None }
+    }
 }
 
 /// What a finished run reports (also written to `<out>/summary.json`).
@@ -78,7 +87,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     }
     let test_ds = InMemoryDataset::from_idx_dir(&cfg.data, Split::Test)?;
 
-    let spec = registry::lookup(&cfg.model)?.with_data(train_ds.num_classes, train_ds.channels);
+    let spec = registry::lookup(&cfg.model)?.with_kwargs(&cfg.model_kwargs)?.with_data(train_ds.num_classes, train_ds.channels);
     let spec = match cfg.drop_path {
         Some(d) => spec.with_drop_path(d),
         None => spec,
@@ -154,7 +163,11 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     let mut last_eval: Option<EvalResult> = None;
     let mut last_train_loss = f64::NAN;
     let (mut imgs_total, mut train_secs_total) = (0usize, 0f64);
-    for epoch in state.epochs_done..cfg.epochs {
+    let last_epoch = match opts.max_epochs_this_run {
+        Some(n) => (state.epochs_done + n).min(cfg.epochs),
+        None => cfg.epochs,
+    };
+    for epoch in state.epochs_done..last_epoch {
         let t0 = Instant::now();
         let (mut loss_sum, mut sub_sum, mut n_steps, mut imgs) = (0f64, 0f64, 0u64, 0usize);
         let mut window = (Instant::now(), 0usize);

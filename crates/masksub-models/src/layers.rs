@@ -34,7 +34,7 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => ops::add_rows(&y, b)?,
             None => y,
         };
         let mut out = dims.to_vec();
@@ -101,7 +101,7 @@ impl LayerScale {
 
 impl Module for LayerScale {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.gamma)
+        ops::mul_rows(x, &self.gamma)
     }
 }
 

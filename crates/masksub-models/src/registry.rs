@@ -87,6 +87,29 @@ impl ModelSpec {
         self
     }
 
+    /// Override architecture fields by name, like timm's `create_model(name, **kwargs)`
+    /// (e.g. `{"global_pool": "avg", "init_values": null}`); unknown fields are errors.
+    pub fn with_kwargs(mut self, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        if kwargs.is_empty() {
+            return Ok(self);
+        }
+        let bad = |e: serde_json::Error| ModelError::config("model_kwargs", format!("{e} (model `{}`)", self.name));
+        let mut v = serde_json::to_value(&self.arch).map_err(bad)?;
+        if let serde_json::Value::Object(m) = &mut v {
+            for (k, val) in kwargs {
+                if k == "family" {
+                    return Err(ModelError::config("model_kwargs", "`family` cannot be overridden"));
+                }
+                m.insert(k.clone(), val.clone());
+            }
+        }
+        self.arch = serde_json::from_value(v).map_err(bad)?;
+        match &self.arch {
+            ModelArch::Vit(c) => c.validate()?,
+        }
+        Ok(self)
+    }
+
     pub fn with_drop_path(mut self, rate: f64) -> Self {
         match &mut self.arch {
             ModelArch::Vit(c) => c.drop_path_rate = rate,
@@ -119,6 +142,18 @@ mod tests {
             }
             assert_eq!(s.mean.len(), s.input_shape().0);
         }
+    }
+
+    #[test]
+    fn kwargs_override_fields_and_reject_unknown_or_invalid_ones() {
+        let kw = |j: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).unwrap();
+        let s = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"global_pool": "avg", "depth": 2}"#)).unwrap();
+        let ModelArch::Vit(c) = &s.arch;
+        assert_eq!((c.global_pool, c.depth, c.embed_dim), (crate::GlobalPool::Avg, 2, VitConfig::vit_fmnist_small().embed_dim));
+        let e = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"dept": 2}"#)).err().unwrap().to_string();
+        assert!(e.contains("model_kwargs") && e.contains("dept"), "{e}");
+        let e = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"patch_size": 5}"#)).err().unwrap().to_string();
+        assert!(e.contains("patch_size"), "{e}");
     }
 
     #[test]

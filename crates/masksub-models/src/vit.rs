@@ -62,9 +62,9 @@ impl VitConfig {
             patch_size: 4,
             in_chans: 1,
             num_classes: 10,
-            embed_dim: 96,
+            embed_dim: 64,
             depth: 4,
-            num_heads: 3,
+            num_heads: 4,
             init_values: Some(0.1),
             drop_path_rate: 0.05,
             ..Self::deit3_small_patch16_224()
@@ -173,10 +173,10 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let hd = c / self.num_heads;
         let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.num_heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let attn = ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let attn = ops::softmax_scaled(&q.matmul(&k.t()?)?, self.scale)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward(&out)
     }
@@ -309,7 +309,7 @@ impl Vit {
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
         let wm = self.patch_w.reshape((d, c * p * p))?;
-        Ok(patches.matmul(&wm.t()?)?.broadcast_add(&self.patch_b)?.reshape((b, gh * gw, d))?)
+        Ok(ops::add_rows(&patches.matmul(&wm.t()?)?, &self.patch_b)?.reshape((b, gh * gw, d))?)
     }
 
     /// Gather per-sample kept tokens: (B, L, D) x (B, K) -> (B, K, D), as one index_select on the
@@ -337,14 +337,14 @@ impl Vit {
         let (b, _, d) = t.dims3()?;
         let cls = self.cls_token.expand((b, 1, d))?;
         if self.cfg.no_embed_class {
-            let t = t.broadcast_add(&self.pos_embed)?;
+            let t = ops::add_rows(&t, &self.pos_embed)?;
             let t = match keep {
                 Some(k) => Self::keep_tokens(&t, k)?,
                 None => t,
             };
             Ok(Tensor::cat(&[&cls, &t], 1)?)
         } else {
-            let t = Tensor::cat(&[&cls, &t], 1)?.broadcast_add(&self.pos_embed)?;
+            let t = ops::add_rows(&Tensor::cat(&[&cls, &t], 1)?, &self.pos_embed)?;
             match keep {
                 Some(k) => {
                     let n = t.dim(1)?;

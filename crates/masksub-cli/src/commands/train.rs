@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use masksub_cli::collective::SingleProcess;
 use masksub_cli::device::{parse_device, set_threads};
 use masksub_cli::trainer::{train, RunOptions};
 use masksub_cli::TrainConfig;
@@ -153,7 +152,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // The longer schedule must be the one the config records.
         cfg.save(&out.join("config.json"))?;
     }
-    let summary = train(&cfg, RunOptions { out, device, resume, progress: !args.quiet, collective: Box::new(SingleProcess) })?;
+    let opts = RunOptions { resume, progress: !args.quiet, ..RunOptions::new(out, device) };
+    let summary = train(&cfg, opts)?;
     println!(
         "done: {} epochs, test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%, {:.0} train img/s, {:.0}s; run folder {}",
         summary.epochs,

@@ -1,5 +1,6 @@
 //! GELU with the exact erf form (PyTorch's `nn.GELU()` default, used by timm).
 
+use super::fast_math::{erf, exp};
 use super::{f32_slice, use_fused, MIN_ROWS_PER_TASK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -9,16 +10,6 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2 pi)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// erf with |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26), plenty for f32 training.
-#[inline]
-fn erf(x: f32) -> f32 {
-    let s = x.signum();
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    s * (1.0 - poly * (-a * a).exp())
-}
-
 #[inline]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
@@ -26,7 +17,7 @@ fn gelu(x: f32) -> f32 {
 
 #[inline]
 fn gelu_grad(x: f32) -> f32 {
-    0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+    0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
 struct GeluFwd;

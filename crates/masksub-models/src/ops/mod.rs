@@ -5,13 +5,16 @@
 //! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
 //! primitives, which autograd differentiates.
 
+mod fast_math;
 mod gelu;
 mod layer_norm;
+mod rowwise;
 mod softmax;
 
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
-pub use softmax::softmax_last_dim;
+pub use rowwise::{add_rows, mul_rows};
+pub use softmax::{softmax_last_dim, softmax_scaled};
 
 use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
