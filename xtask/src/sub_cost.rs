@@ -30,14 +30,22 @@ pub struct Args {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
     let status = Command::new(bin)
         .args(["train", "--quiet", "--epochs", "1", "--warmup-epochs", "0"])
         .args(["--model", &a.model, "--sub", sub])
-        .args(["--train-subset", &a.images.to_string(), "--batch-size", &a.batch_size.to_string()])
+        .args([
+            "--train-subset",
+            &a.images.to_string(),
+            "--batch-size",
+            &a.batch_size.to_string(),
+        ])
         .args(["--threads", &a.threads.to_string(), "--out"])
         .arg(out)
         .status()
@@ -45,8 +53,11 @@ fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
     if !status.success() {
         bail!("masksub train --sub {sub} failed ({status})");
     }
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
-    summary["train_img_per_s"].as_f64().context("summary.json has no train_img_per_s")
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    summary["train_img_per_s"]
+        .as_f64()
+        .context("summary.json has no train_img_per_s")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -60,13 +71,22 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn capture(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -75,7 +95,10 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--rounds must be positive");
     }
     let root = repo_root();
-    let st = Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "masksub-cli"]).status()?;
+    let st = Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "masksub-cli"])
+        .status()?;
     if !st.success() {
         bail!("cargo build --release -p masksub-cli failed");
     }
@@ -84,8 +107,18 @@ pub fn run(a: Args) -> Result<()> {
     let (mut plain, mut masked) = (Vec::new(), Vec::new());
     for r in 0..a.rounds {
         plain.push(run_arm(&bin, &a, "none", &tmp.join(format!("none-{r}")))?);
-        masked.push(run_arm(&bin, &a, "masking", &tmp.join(format!("masking-{r}")))?);
-        println!("round {}: none {:.1} img/s, masking {:.1} img/s", r + 1, plain[r], masked[r]);
+        masked.push(run_arm(
+            &bin,
+            &a,
+            "masking",
+            &tmp.join(format!("masking-{r}")),
+        )?);
+        println!(
+            "round {}: none {:.1} img/s, masking {:.1} img/s",
+            r + 1,
+            plain[r],
+            masked[r]
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let (mp, mm) = (median(&mut plain.clone()), median(&mut masked.clone()));
@@ -111,14 +144,27 @@ pub fn run(a: Args) -> Result<()> {
         capture("git", &["rev-parse", "--short", "HEAD"]),
         chrono::Local::now().format("%Y-%m-%d %H:%M"),
     );
-    let path = if a.file.is_absolute() { a.file.clone() } else { root.join(&a.file) };
+    let path = if a.file.is_absolute() {
+        a.file.clone()
+    } else {
+        root.join(&a.file)
+    };
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# masksub benchmarks\n\nEvery number here is written by an xtask command; rerun it to refresh.\n\n".into());
     let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], section, old[e + END.len()..].trim_start_matches('\n')),
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &old[..b],
+            section,
+            old[e + END.len()..].trim_start_matches('\n')
+        ),
         _ => format!("{}\n{}", old.trim_end(), section),
     };
     std::fs::write(&path, new).with_context(|| format!("{}: cannot write", path.display()))?;
-    println!("plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x -> {}", mp / mm, path.display());
+    println!(
+        "plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x -> {}",
+        mp / mm,
+        path.display()
+    );
     Ok(())
 }
 

@@ -5,13 +5,21 @@ use candle_core::Device;
 
 pub fn parse_device(spec: &str) -> Result<Device> {
     let (kind, ordinal) = match spec.split_once(':') {
-        Some((k, n)) => (k, n.parse::<usize>().with_context(|| format!("--device {spec}: `{n}` is not a device number"))?),
+        Some((k, n)) => (
+            k,
+            n.parse::<usize>()
+                .with_context(|| format!("--device {spec}: `{n}` is not a device number"))?,
+        ),
         None => (spec, 0),
     };
     match kind {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(ordinal).with_context(|| format!("--device {spec}: CUDA unavailable (build with `--features cuda`?)")),
-        "metal" => Device::new_metal(ordinal).with_context(|| format!("--device {spec}: Metal unavailable (build with `--features metal`?)")),
+        "cuda" => Device::new_cuda(ordinal).with_context(|| {
+            format!("--device {spec}: CUDA unavailable (build with `--features cuda`?)")
+        }),
+        "metal" => Device::new_metal(ordinal).with_context(|| {
+            format!("--device {spec}: Metal unavailable (build with `--features metal`?)")
+        }),
         other => bail!("--device {other}: expected cpu, cuda[:N] or metal[:N]"),
     }
 }
@@ -24,7 +32,10 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
         }
         // candle's GEMM reads RAYON_NUM_THREADS; set it before any pool exists.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
     }
     Ok(())
 }
@@ -36,7 +47,13 @@ mod tests {
     #[test]
     fn parses_cpu_and_rejects_nonsense() {
         assert!(parse_device("cpu").unwrap().is_cpu());
-        assert!(parse_device("tpu").unwrap_err().to_string().contains("expected cpu"));
-        assert!(parse_device("cuda:x").unwrap_err().to_string().contains("not a device number"));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("expected cpu"));
+        assert!(parse_device("cuda:x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a device number"));
     }
 }

@@ -27,8 +27,19 @@ pub fn topk_correct(logits: &Tensor, labels: &[u32]) -> Result<(usize, usize)> {
     Ok((c1, c5))
 }
 
-pub fn evaluate(model: &LoadedModel, ds: &InMemoryDataset, batch_size: usize, device: &Device) -> Result<EvalResult> {
-    let cfg = LoaderConfig { batch_size, shuffle: false, drop_last: false, augment: None, ..Default::default() };
+pub fn evaluate(
+    model: &LoadedModel,
+    ds: &InMemoryDataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalResult> {
+    let cfg = LoaderConfig {
+        batch_size,
+        shuffle: false,
+        drop_last: false,
+        augment: None,
+        ..Default::default()
+    };
     let loader = BatchLoader::new(ds, cfg, device.clone())?;
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0usize, 0usize, 0usize);
     for batch in loader.epoch(0) {
@@ -45,7 +56,12 @@ pub fn evaluate(model: &LoadedModel, ds: &InMemoryDataset, batch_size: usize, de
         n += b;
     }
     let n_f = n.max(1) as f64;
-    Ok(EvalResult { loss: loss_sum / n_f, top1: 100.0 * c1 as f64 / n_f, top5: 100.0 * c5 as f64 / n_f, count: n })
+    Ok(EvalResult {
+        loss: loss_sum / n_f,
+        top1: 100.0 * c1 as f64 / n_f,
+        top5: 100.0 * c5 as f64 / n_f,
+        count: n,
+    })
 }
 
 #[cfg(test)]
@@ -55,7 +71,10 @@ mod tests {
     #[test]
     fn topk_counts_by_rank() {
         let logits = Tensor::from_slice(
-            &[0.9f32, 0.1, 0.0, 0.0, 0.0, 0.0, /* */ 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, /* */ 0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+            &[
+                0.9f32, 0.1, 0.0, 0.0, 0.0, 0.0, /* */ 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
+                /* */ 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
+            ],
             (3, 6),
             &Device::Cpu,
         )

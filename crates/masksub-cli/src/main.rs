@@ -9,7 +9,11 @@ mod commands;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "masksub", version, about = "MaskSub (masking augmentation for supervised learning) training for image classifiers")]
+#[command(
+    name = "masksub",
+    version,
+    about = "MaskSub (masking augmentation for supervised learning) training for image classifiers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

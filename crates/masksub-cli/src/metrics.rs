@@ -41,7 +41,11 @@ pub struct MetricsWriter {
 }
 
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for append", path.display()))
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open for append", path.display()))
 }
 
 impl MetricsWriter {
@@ -53,7 +57,10 @@ impl MetricsWriter {
         if fresh {
             writeln!(csv, "{CSV_HEADER}")?;
         }
-        Ok(Self { jsonl: open_append(&dir.join("metrics.jsonl"))?, csv })
+        Ok(Self {
+            jsonl: open_append(&dir.join("metrics.jsonl"))?,
+            csv,
+        })
     }
 
     fn json_line(&mut self, kind: &str, row: &impl Serialize) -> Result<()> {
@@ -72,11 +79,23 @@ impl MetricsWriter {
 
     pub fn epoch(&mut self, r: &EpochRow) -> Result<()> {
         self.json_line("epoch", r)?;
-        let sub = r.train_sub_loss.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let sub = r
+            .train_sub_loss
+            .map(|v| format!("{v:.6}"))
+            .unwrap_or_default();
         writeln!(
             self.csv,
             "{},{},{:.6},{},{:.6},{:.4},{:.4},{:.3e},{:.1},{:.1}",
-            r.epoch, r.step, r.train_loss, sub, r.test_loss, r.test_top1, r.test_top5, r.lr, r.train_img_per_s, r.epoch_seconds
+            r.epoch,
+            r.step,
+            r.train_loss,
+            sub,
+            r.test_loss,
+            r.test_top1,
+            r.test_top5,
+            r.lr,
+            r.train_img_per_s,
+            r.epoch_seconds
         )?;
         self.csv.flush()?;
         Ok(())
@@ -90,19 +109,53 @@ mod tests {
     #[test]
     fn writes_tagged_json_lines_and_one_csv_row_per_epoch_with_a_single_header() {
         let dir = tempfile::tempdir().unwrap();
-        let row = EpochRow { epoch: 1, step: 10, train_loss: 0.5, train_sub_loss: Some(0.25), test_loss: 0.4, test_top1: 88.5, test_top5: 99.0, lr: 1e-3, train_img_per_s: 100.0, epoch_seconds: 2.0 };
+        let row = EpochRow {
+            epoch: 1,
+            step: 10,
+            train_loss: 0.5,
+            train_sub_loss: Some(0.25),
+            test_loss: 0.4,
+            test_top1: 88.5,
+            test_top5: 99.0,
+            lr: 1e-3,
+            train_img_per_s: 100.0,
+            epoch_seconds: 2.0,
+        };
         {
             let mut w = MetricsWriter::open(dir.path()).unwrap();
-            w.step(&StepRow { step: 5, epoch: 1, loss: 0.7, sub_loss: None, lr: 1e-3, grad_norm: None, img_per_s: 10.0 }).unwrap();
+            w.step(&StepRow {
+                step: 5,
+                epoch: 1,
+                loss: 0.7,
+                sub_loss: None,
+                lr: 1e-3,
+                grad_norm: None,
+                img_per_s: 10.0,
+            })
+            .unwrap();
             w.epoch(&row).unwrap();
         }
-        MetricsWriter::open(dir.path()).unwrap().epoch(&EpochRow { epoch: 2, ..row.clone() }).unwrap();
+        MetricsWriter::open(dir.path())
+            .unwrap()
+            .epoch(&EpochRow {
+                epoch: 2,
+                ..row.clone()
+            })
+            .unwrap();
         let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0], CSV_HEADER);
-        assert!(lines[1].starts_with("1,10,0.500000,0.250000,0.400000,88.5000"), "{}", lines[1]);
-        let jl: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            lines[1].starts_with("1,10,0.500000,0.250000,0.400000,88.5000"),
+            "{}",
+            lines[1]
+        );
+        let jl: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(jl.len(), 3);
         assert_eq!(jl[0]["kind"], "step");
         assert_eq!(jl[1]["kind"], "epoch");

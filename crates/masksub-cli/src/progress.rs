@@ -20,17 +20,36 @@ impl Progress {
         let bar = (enabled && std::io::stdout().is_terminal()).then(|| {
             let b = ProgressBar::new(total_steps);
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b.set_position(start_step);
             b
         });
-        Self { bar, enabled, total_steps, start: Instant::now(), start_step, log_every: log_every.max(1) }
+        Self {
+            bar,
+            enabled,
+            total_steps,
+            start: Instant::now(),
+            start_step,
+            log_every: log_every.max(1),
+        }
     }
 
-    pub fn update(&self, step: u64, epoch: usize, loss: f32, sub_loss: Option<f32>, lr: f64, img_per_s: f64) {
-        let sub = sub_loss.map(|s| format!(" sub_loss {s:.4}")).unwrap_or_default();
+    pub fn update(
+        &self,
+        step: u64,
+        epoch: usize,
+        loss: f32,
+        sub_loss: Option<f32>,
+        lr: f64,
+        img_per_s: f64,
+    ) {
+        let sub = sub_loss
+            .map(|s| format!(" sub_loss {s:.4}"))
+            .unwrap_or_default();
         let msg = format!("ep {epoch} loss {loss:.4}{sub} lr {lr:.2e} {img_per_s:.0} img/s");
         match &self.bar {
             Some(b) => {
@@ -39,7 +58,11 @@ impl Progress {
             }
             None if self.enabled && step % self.log_every == 0 => {
                 let done = (step - self.start_step) as f64;
-                let eta = if done > 0.0 { self.start.elapsed().as_secs_f64() / done * (self.total_steps - step) as f64 } else { 0.0 };
+                let eta = if done > 0.0 {
+                    self.start.elapsed().as_secs_f64() / done * (self.total_steps - step) as f64
+                } else {
+                    0.0
+                };
                 println!("step {step}/{} {msg} eta {eta:.0}s", self.total_steps);
             }
             None => {}

@@ -3,11 +3,14 @@
 
 use crate::collective::Collective;
 use anyhow::Result;
-use rand::RngCore;
 use candle_core::{Tensor, Var};
 use masksub_core::rng::{purpose, seeded};
-use masksub_core::{loss::smoothed_one_hot, objective::check_finite, AdamW, CosineSchedule, ParamGroup, StepLosses, SubObjective};
+use masksub_core::{
+    loss::smoothed_one_hot, objective::check_finite, AdamW, CosineSchedule, ParamGroup, StepLosses,
+    SubObjective,
+};
 use masksub_models::LoadedModel;
+use rand::RngCore;
 
 /// What one optimizer step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,8 +37,18 @@ pub fn param_groups(model: &LoadedModel, weight_decay: f64) -> Vec<ParamGroup> {
         }
     }
     vec![
-        ParamGroup { name: "decay".into(), params: decay, weight_decay, lr_scale: 1.0 },
-        ParamGroup { name: "no_decay".into(), params: no_decay, weight_decay: 0.0, lr_scale: 1.0 },
+        ParamGroup {
+            name: "decay".into(),
+            params: decay,
+            weight_decay,
+            lr_scale: 1.0,
+        },
+        ParamGroup {
+            name: "no_decay".into(),
+            params: no_decay,
+            weight_decay: 0.0,
+            lr_scale: 1.0,
+        },
     ]
 }
 
@@ -62,8 +75,22 @@ impl<'a> MaskSubStep<'a> {
         smoothing: f64,
         seed: u64,
     ) -> Self {
-        let vars = model.named_parameters().into_iter().map(|(_, v)| v).collect();
-        Self { model, objective, optimizer, schedule, collective, clip_grad, smoothing, seed, vars }
+        let vars = model
+            .named_parameters()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        Self {
+            model,
+            objective,
+            optimizer,
+            schedule,
+            collective,
+            clip_grad,
+            smoothing,
+            seed,
+            vars,
+        }
     }
 }
 
@@ -71,24 +98,40 @@ impl TrainStep for MaskSubStep<'_> {
     fn step(&mut self, images: &Tensor, labels: &Tensor, step: u64) -> Result<StepOutcome> {
         let lr = self.schedule.lr(step);
         self.optimizer.set_lr(lr);
-        let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?.to_dtype(images.dtype())?;
+        let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?
+            .to_dtype(images.dtype())?;
         // Each rank draws its own masks and drop-path; all are functions of (seed, rank, step).
         let rank = self.collective.rank() as u64;
-        self.model.net.reseed(seeded(&[purpose::DROP_PATH, self.seed, step, rank]).next_u64());
+        self.model
+            .net
+            .reseed(seeded(&[purpose::DROP_PATH, self.seed, step, rank]).next_u64());
         let mut rng = seeded(&[purpose::MASK, self.seed, step, rank]);
-        let (losses, mut grads) = self.objective.step(self.model, images, &targets, &mut rng)?;
+        let (losses, mut grads) = self
+            .objective
+            .step(self.model, images, &targets, &mut rng)?;
         check_finite(&losses, step)?;
         self.collective.all_reduce_mean(&mut grads, &self.vars)?;
         let grad_norm = match self.clip_grad {
-            Some(max) => Some(masksub_core::clip::clip_grad_norm(&mut grads, &self.vars, max)?),
+            Some(max) => Some(masksub_core::clip::clip_grad_norm(
+                &mut grads, &self.vars, max,
+            )?),
             None => None,
         };
         if let Some(n) = grad_norm {
             if !n.is_finite() {
-                return Err(masksub_core::CoreError::NonFinite { what: "grad_norm", value: n, step }.into());
+                return Err(masksub_core::CoreError::NonFinite {
+                    what: "grad_norm",
+                    value: n,
+                    step,
+                }
+                .into());
             }
         }
         self.optimizer.step(&grads)?;
-        Ok(StepOutcome { losses, lr, grad_norm })
+        Ok(StepOutcome {
+            losses,
+            lr,
+            grad_norm,
+        })
     }
 }

@@ -34,7 +34,14 @@ pub struct RunOptions {
 impl RunOptions {
     /// Single process with progress output, the usual CLI case.
     pub fn new(out: PathBuf, device: Device) -> Self {
-        Self { out, device, resume: false, progress: true, collective: Box::new(crate::collective::SingleProcess), max_epochs_this_run: None }
+        Self {
+            out,
+            device,
+            resume: false,
+            progress: true,
+            collective: Box::new(crate::collective::SingleProcess),
+            max_epochs_this_run: None,
+        }
     }
 }
 
@@ -64,14 +71,23 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     let out = &opts.out;
     let has_ckpt = out.join(checkpoint::STATE_FILE).exists();
     if opts.resume && !has_ckpt {
-        bail!("--resume {}: no checkpoint ({}) in that folder", out.display(), checkpoint::STATE_FILE);
+        bail!(
+            "--resume {}: no checkpoint ({}) in that folder",
+            out.display(),
+            checkpoint::STATE_FILE
+        );
     }
     if !opts.resume && has_ckpt {
-        bail!("{} already holds a run; pass `--resume {}` to continue it or choose another --out", out.display(), out.display());
+        bail!(
+            "{} already holds a run; pass `--resume {}` to continue it or choose another --out",
+            out.display(),
+            out.display()
+        );
     }
     let main = opts.collective.is_main();
     if main {
-        std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run folder", out.display()))?;
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("{}: cannot create run folder", out.display()))?;
         if !opts.resume {
             cfg.save(&out.join("config.json"))?;
         }
@@ -79,7 +95,10 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 
     let world = opts.collective.world_size();
     if cfg.batch_size % world != 0 {
-        bail!("invalid config: `batch_size` {} is not divisible by the world size {world}", cfg.batch_size);
+        bail!(
+            "invalid config: `batch_size` {} is not divisible by the world size {world}",
+            cfg.batch_size
+        );
     }
     let mut train_ds = InMemoryDataset::from_idx_dir(&cfg.data, Split::Train)?;
     if let Some(n) = cfg.train_subset {
@@ -87,7 +106,9 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     }
     let test_ds = InMemoryDataset::from_idx_dir(&cfg.data, Split::Test)?;
 
-    let spec = registry::lookup(&cfg.model)?.with_kwargs(&cfg.model_kwargs)?.with_data(train_ds.num_classes, train_ds.channels);
+    let spec = registry::lookup(&cfg.model)?
+        .with_kwargs(&cfg.model_kwargs)?
+        .with_data(train_ds.num_classes, train_ds.channels);
     let spec = match cfg.drop_path {
         Some(d) => spec.with_drop_path(d),
         None => spec,
@@ -117,34 +138,86 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     let loader = BatchLoader::new(&train_ds, loader_cfg, opts.device.clone())?;
     let steps_per_epoch = loader.batches_per_epoch() as u64;
     if steps_per_epoch == 0 {
-        bail!("invalid config: `batch_size` {} exceeds the {} training images", cfg.batch_size, train_ds.len());
+        bail!(
+            "invalid config: `batch_size` {} exceeds the {} training images",
+            cfg.batch_size,
+            train_ds.len()
+        );
     }
     let total_steps = steps_per_epoch * cfg.epochs as u64;
     let warmup_steps = (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64;
-    let schedule = CosineSchedule::new(cfg.lr, cfg.min_lr, cfg.warmup_lr, warmup_steps, total_steps)?;
-    let adam = AdamWConfig { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+    let schedule =
+        CosineSchedule::new(cfg.lr, cfg.min_lr, cfg.warmup_lr, warmup_steps, total_steps)?;
+    let adam = AdamWConfig {
+        lr: cfg.lr,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        weight_decay: cfg.weight_decay,
+    };
     let mut optimizer = AdamW::new(param_groups(&model, cfg.weight_decay), adam)?;
 
-    let mut state = TrainerState { epochs_done: 0, step: 0, best_top1: 0.0, spec: spec.clone() };
+    let mut state = TrainerState {
+        epochs_done: 0,
+        step: 0,
+        best_top1: 0.0,
+        spec: spec.clone(),
+    };
     if opts.resume {
         let ck = checkpoint::load(out)?;
         if ck.state.spec != spec {
-            bail!("{}: checkpoint was made for a different model than config.json describes", out.join(checkpoint::STATE_FILE).display());
+            bail!(
+                "{}: checkpoint was made for a different model than config.json describes",
+                out.join(checkpoint::STATE_FILE).display()
+            );
         }
-        weights::load_into(&model.varmap, &ck.weights, &out.join(checkpoint::WEIGHTS_FILE).display().to_string(), &LoadOptions::default())?;
-        optimizer.load_state(&ck.optim, ck.state.step).with_context(|| format!("{}", out.join(checkpoint::OPTIM_FILE).display()))?;
+        weights::load_into(
+            &model.varmap,
+            &ck.weights,
+            &out.join(checkpoint::WEIGHTS_FILE).display().to_string(),
+            &LoadOptions::default(),
+        )?;
+        optimizer
+            .load_state(&ck.optim, ck.state.step)
+            .with_context(|| format!("{}", out.join(checkpoint::OPTIM_FILE).display()))?;
         state = ck.state;
         if state.epochs_done >= cfg.epochs {
-            bail!("{}: the run already finished its {} epochs", out.display(), cfg.epochs);
+            bail!(
+                "{}: the run already finished its {} epochs",
+                out.display(),
+                cfg.epochs
+            );
         }
     }
-    let vars: Vec<_> = model.named_parameters().into_iter().map(|(_, v)| v).collect();
+    let vars: Vec<_> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     opts.collective.broadcast_params(&vars)?;
 
     let objective = SubObjective::new(cfg.sub, cfg.loss)?;
-    let mut stepper = MaskSubStep::new(&model, objective, optimizer, schedule, opts.collective.as_ref(), cfg.clip_grad, cfg.smoothing, cfg.seed);
-    let mut metrics = if main { Some(MetricsWriter::open(out)?) } else { None };
-    let progress = Progress::new(total_steps, state.step, cfg.log_every as u64, opts.progress && main);
+    let mut stepper = MaskSubStep::new(
+        &model,
+        objective,
+        optimizer,
+        schedule,
+        opts.collective.as_ref(),
+        cfg.clip_grad,
+        cfg.smoothing,
+        cfg.seed,
+    );
+    let mut metrics = if main {
+        Some(MetricsWriter::open(out)?)
+    } else {
+        None
+    };
+    let progress = Progress::new(
+        total_steps,
+        state.step,
+        cfg.log_every as u64,
+        opts.progress && main,
+    );
     if main {
         let n_params: usize = vars.iter().map(|v| v.elem_count()).sum();
         progress.println(&format!(
@@ -182,10 +255,25 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             loss_sum += o.losses.loss as f64;
             sub_sum += o.losses.sub_loss.unwrap_or(0.0) as f64;
             let ips = window.1 as f64 * world as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-            progress.update(state.step, epoch + 1, o.losses.loss, o.losses.sub_loss, o.lr, ips);
+            progress.update(
+                state.step,
+                epoch + 1,
+                o.losses.loss,
+                o.losses.sub_loss,
+                o.lr,
+                ips,
+            );
             if state.step % cfg.log_every as u64 == 0 {
                 if let Some(m) = metrics.as_mut() {
-                    m.step(&StepRow { step: state.step, epoch: epoch + 1, loss: o.losses.loss, sub_loss: o.losses.sub_loss, lr: o.lr, grad_norm: o.grad_norm, img_per_s: ips })?;
+                    m.step(&StepRow {
+                        step: state.step,
+                        epoch: epoch + 1,
+                        loss: o.losses.loss,
+                        sub_loss: o.losses.sub_loss,
+                        lr: o.lr,
+                        grad_norm: o.grad_norm,
+                        img_per_s: ips,
+                    })?;
                 }
                 window = (Instant::now(), 0);
             }
@@ -245,7 +333,10 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
     if main {
-        checkpoint::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        checkpoint::write_atomic(
+            &out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
     }
     Ok(summary)
 }

@@ -9,7 +9,11 @@ pub fn global_grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f32> {
     let mut sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            sq += g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
         }
     }
     Ok(sq.sqrt() as f32)
@@ -41,7 +45,12 @@ mod tests {
         let a = Var::from_slice(&[3.0f32], 1, &Device::Cpu).unwrap();
         let b = Var::from_slice(&[4.0f32], 1, &Device::Cpu).unwrap();
         // loss = 0.5 (a^2 + b^2): grads = (3, 4), norm 5.
-        let loss = ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap().sum_all().unwrap() * 0.5).unwrap();
+        let loss = ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            * 0.5)
+            .unwrap();
         let mut g = loss.backward().unwrap();
         let vars = [a.clone(), b.clone()];
         assert!((clip_grad_norm(&mut g, &vars, 1.0).unwrap() - 5.0).abs() < 1e-6);

@@ -11,7 +11,11 @@ pub enum CoreError {
     Config { field: &'static str, reason: String },
     /// A loss or gradient norm became NaN or infinite.
     #[error("non-finite {what} ({value}) at step {step}")]
-    NonFinite { what: &'static str, value: f32, step: u64 },
+    NonFinite {
+        what: &'static str,
+        value: f32,
+        step: u64,
+    },
     /// Optimizer state does not match the parameters it should drive.
     #[error("optimizer state: {0}")]
     OptimizerState(String),
@@ -19,6 +23,9 @@ pub enum CoreError {
 
 impl CoreError {
     pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Config { field, reason: reason.into() }
+        Self::Config {
+            field,
+            reason: reason.into(),
+        }
     }
 }

@@ -38,7 +38,11 @@ fn check_same_shape(logits: &Tensor, targets: &Tensor) -> Result<()> {
     if logits.dims() != targets.dims() || logits.rank() != 2 {
         return Err(CoreError::config(
             "targets",
-            format!("logits {:?} and targets {:?} must both be (batch, classes)", logits.dims(), targets.dims()),
+            format!(
+                "logits {:?} and targets {:?} must both be (batch, classes)",
+                logits.dims(),
+                targets.dims()
+            ),
         ));
     }
     Ok(())
@@ -56,7 +60,10 @@ pub fn soft_target_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Te
 /// LabelSmoothingCrossEntropy convention).
 pub fn smoothed_one_hot(labels: &Tensor, num_classes: usize, smoothing: f64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&smoothing) {
-        return Err(CoreError::config("smoothing", format!("{smoothing} is not in [0, 1)")));
+        return Err(CoreError::config(
+            "smoothing",
+            format!("{smoothing} is not in [0, 1)"),
+        ));
     }
     let b = labels.dim(0)?;
     let device = labels.device();
@@ -67,7 +74,10 @@ pub fn smoothed_one_hot(labels: &Tensor, num_classes: usize, smoothing: f64) -> 
     for (i, &l) in labels.iter().enumerate() {
         let l = l as usize;
         if l >= num_classes {
-            return Err(CoreError::config("labels", format!("label {l} >= num_classes {num_classes}")));
+            return Err(CoreError::config(
+                "labels",
+                format!("label {l} >= num_classes {num_classes}"),
+            ));
         }
         data[i * num_classes + l] = on;
     }
@@ -75,8 +85,13 @@ pub fn smoothed_one_hot(labels: &Tensor, num_classes: usize, smoothing: f64) -> 
 }
 
 /// Hard-label cross-entropy with label smoothing.
-pub fn cross_entropy_label_smoothing(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
-    let t = smoothed_one_hot(labels, logits.dim(D::Minus1)?, smoothing)?.to_dtype(logits.dtype())?;
+pub fn cross_entropy_label_smoothing(
+    logits: &Tensor,
+    labels: &Tensor,
+    smoothing: f64,
+) -> Result<Tensor> {
+    let t =
+        smoothed_one_hot(labels, logits.dim(D::Minus1)?, smoothing)?.to_dtype(logits.dtype())?;
     soft_target_cross_entropy(logits, &t)
 }
 
@@ -129,7 +144,7 @@ mod tests {
         let z = t(&[0.0, 2.0, -1.0, 100.0], (2, 2));
         let tg = t(&[1.0, 0.0, 0.25, 1.0], (2, 2));
         let sp = |x: f32| (1.0 + x.exp()).ln(); // softplus
-        // l = softplus(z) - z*t
+                                                // l = softplus(z) - z*t
         let want = (sp(0.0) + sp(2.0) + (sp(-1.0) + 0.25) + 0.0) / 4.0;
         let got = scalar(&bce_with_logits(&z, &tg).unwrap());
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
@@ -140,9 +155,23 @@ mod tests {
     fn soft_ce_gradient_is_softmax_minus_target_over_batch() {
         let z = Var::from_tensor(&t(&[1.0, 2.0, 3.0, 0.5, 0.5, -1.0], (2, 3))).unwrap();
         let tg = t(&[0.2, 0.3, 0.5, 1.0, 0.0, 0.0], (2, 3));
-        let g = soft_target_cross_entropy(z.as_tensor(), &tg).unwrap().backward().unwrap();
-        let got = g.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let p = candle_nn::ops::softmax(z.as_tensor(), 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = soft_target_cross_entropy(z.as_tensor(), &tg)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = g
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let p = candle_nn::ops::softmax(z.as_tensor(), 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let tv = tg.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for i in 0..6 {
             assert!((got[i] - (p[i] - tv[i]) / 2.0).abs() < 1e-6);
@@ -151,7 +180,8 @@ mod tests {
 
     #[test]
     fn shape_mismatch_is_an_error_naming_targets() {
-        let e = soft_target_cross_entropy(&t(&[0.0; 6], (2, 3)), &t(&[0.0; 4], (2, 2))).unwrap_err();
+        let e =
+            soft_target_cross_entropy(&t(&[0.0; 6], (2, 3)), &t(&[0.0; 4], (2, 2))).unwrap_err();
         assert!(e.to_string().contains("targets"));
     }
 }

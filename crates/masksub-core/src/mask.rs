@@ -31,29 +31,43 @@ impl TokenGrid {
 pub enum MaskPlan {
     /// Keep these patch tokens (row-major indices into the grid), `keep_per_sample` per sample,
     /// sorted ascending; every other patch token is dropped from the computation.
-    KeepTokens { num_tokens: usize, keep_per_sample: usize, keep: Vec<u32> },
+    KeepTokens {
+        num_tokens: usize,
+        keep_per_sample: usize,
+        keep: Vec<u32>,
+    },
 }
 
 impl MaskPlan {
     pub fn batch_size(&self) -> usize {
         match self {
-            MaskPlan::KeepTokens { keep_per_sample, keep, .. } => keep.len() / keep_per_sample.max(&1),
+            MaskPlan::KeepTokens {
+                keep_per_sample,
+                keep,
+                ..
+            } => keep.len() / keep_per_sample.max(&1),
         }
     }
 
     /// Kept token indices of sample `b`.
     pub fn kept(&self, b: usize) -> &[u32] {
         match self {
-            MaskPlan::KeepTokens { keep_per_sample, keep, .. } => {
-                &keep[b * keep_per_sample..(b + 1) * keep_per_sample]
-            }
+            MaskPlan::KeepTokens {
+                keep_per_sample,
+                keep,
+                ..
+            } => &keep[b * keep_per_sample..(b + 1) * keep_per_sample],
         }
     }
 
     /// The keep indices as a (B, keep_per_sample) u32 tensor, as the ViT gather takes them.
     pub fn keep_tensor(&self, device: &Device) -> Result<Tensor> {
         match self {
-            MaskPlan::KeepTokens { keep_per_sample, keep, .. } => {
+            MaskPlan::KeepTokens {
+                keep_per_sample,
+                keep,
+                ..
+            } => {
                 let b = keep.len() / (*keep_per_sample).max(1);
                 Ok(Tensor::from_slice(keep, (b, *keep_per_sample), device)?)
             }
@@ -77,7 +91,10 @@ impl RandomTokenDrop {
     /// `ratio` in [0, 1): the share of patch tokens dropped.
     pub fn new(ratio: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&ratio) {
-            return Err(CoreError::config("mask_ratio", format!("{ratio} is not in [0, 1)")));
+            return Err(CoreError::config(
+                "mask_ratio",
+                format!("{ratio} is not in [0, 1)"),
+            ));
         }
         Ok(Self { ratio })
     }
@@ -101,12 +118,18 @@ impl MaskStrategy for RandomTokenDrop {
         let keep_per_sample = self.keep_count(num_tokens);
         let mut keep = Vec::with_capacity(batch * keep_per_sample);
         for _ in 0..batch {
-            let mut idx: Vec<u32> =
-                sample(rng, num_tokens, keep_per_sample).into_iter().map(|i| i as u32).collect();
+            let mut idx: Vec<u32> = sample(rng, num_tokens, keep_per_sample)
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
             idx.sort_unstable();
             keep.extend_from_slice(&idx);
         }
-        Ok(MaskPlan::KeepTokens { num_tokens, keep_per_sample, keep })
+        Ok(MaskPlan::KeepTokens {
+            num_tokens,
+            keep_per_sample,
+            keep,
+        })
     }
 }
 
@@ -118,13 +141,18 @@ mod tests {
 
     fn plan(seed: u64, step: u64) -> MaskPlan {
         let s = RandomTokenDrop::new(0.5).unwrap();
-        s.plan(8, TokenGrid::new(7, 7), &mut stream(seed, 1, step)).unwrap()
+        s.plan(8, TokenGrid::new(7, 7), &mut stream(seed, 1, step))
+            .unwrap()
     }
 
     #[test]
     fn keeps_floor_of_remaining_share_distinct_and_in_range() {
         let p = plan(0, 0);
-        let MaskPlan::KeepTokens { num_tokens, keep_per_sample, .. } = &p;
+        let MaskPlan::KeepTokens {
+            num_tokens,
+            keep_per_sample,
+            ..
+        } = &p;
         assert_eq!((*num_tokens, *keep_per_sample), (49, 24)); // floor(49 * 0.5)
         assert_eq!(p.batch_size(), 8);
         for b in 0..8 {

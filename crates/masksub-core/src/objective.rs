@@ -56,7 +56,11 @@ impl SubObjective {
             SubModel::None => None,
             SubModel::Masking { ratio } => Some(Box::new(RandomTokenDrop::new(ratio)?)),
         };
-        Ok(Self { sub, loss, strategy })
+        Ok(Self {
+            sub,
+            loss,
+            strategy,
+        })
     }
 
     /// Replace the model family's default strategy (e.g. a user override).
@@ -75,8 +79,16 @@ impl SubObjective {
     }
 
     /// Draw this step's mask plan (None for plain training).
-    pub fn plan(&self, batch: usize, grid: TokenGrid, rng: &mut dyn RngCore) -> Result<Option<MaskPlan>> {
-        self.strategy.as_ref().map(|s| s.plan(batch, grid, rng)).transpose()
+    pub fn plan(
+        &self,
+        batch: usize,
+        grid: TokenGrid,
+        rng: &mut dyn RngCore,
+    ) -> Result<Option<MaskPlan>> {
+        self.strategy
+            .as_ref()
+            .map(|s| s.plan(batch, grid, rng))
+            .transpose()
     }
 
     /// Forward both passes, back-propagate both, and return the losses and summed gradients.
@@ -105,7 +117,14 @@ impl SubObjective {
         let main_v = main.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let Some(plan) = plan else {
             let grads = main.backward()?;
-            return Ok((StepLosses { loss: main_v, sub_loss: None, total: main_v }, grads));
+            return Ok((
+                StepLosses {
+                    loss: main_v,
+                    sub_loss: None,
+                    total: main_v,
+                },
+                grads,
+            ));
         };
         // sg(s(z)): the teacher is a constant for the sub pass.
         let teacher = self.loss.teacher(&z.detach())?;
@@ -116,7 +135,11 @@ impl SubObjective {
         let sub_v = sub.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let sub_grads = (sub * 0.5)?.backward()?;
         add_grads(&mut grads, sub_grads)?;
-        let losses = StepLosses { loss: main_v, sub_loss: Some(sub_v), total: 0.5 * main_v + 0.5 * sub_v };
+        let losses = StepLosses {
+            loss: main_v,
+            sub_loss: Some(sub_v),
+            total: 0.5 * main_v + 0.5 * sub_v,
+        };
         Ok((losses, grads))
     }
 }
@@ -140,7 +163,11 @@ pub fn check_finite(losses: &StepLosses, step: u64) -> Result<()> {
     for (what, v) in [("loss", Some(losses.loss)), ("sub_loss", losses.sub_loss)] {
         if let Some(v) = v {
             if !v.is_finite() {
-                return Err(CoreError::NonFinite { what, value: v, step });
+                return Err(CoreError::NonFinite {
+                    what,
+                    value: v,
+                    step,
+                });
             }
         }
     }

@@ -20,7 +20,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }
     }
 }
 
@@ -88,10 +94,18 @@ impl AdamW {
                         Ok(Slot { name, var, m, v })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok(Group { slots, weight_decay: g.weight_decay, lr_scale: g.lr_scale })
+                Ok(Group {
+                    slots,
+                    weight_decay: g.weight_decay,
+                    lr_scale: g.lr_scale,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, groups, step: 0 })
+        Ok(Self {
+            cfg,
+            groups,
+            step: 0,
+        })
     }
 
     pub fn lr(&self) -> f64 {
@@ -116,9 +130,15 @@ impl AdamW {
             let lr = self.cfg.lr * g.lr_scale;
             let step_size = lr / bc1;
             for s in &mut g.slots {
-                let Some(grad) = grads.get(s.var.as_tensor()) else { continue };
+                let Some(grad) = grads.get(s.var.as_tensor()) else {
+                    continue;
+                };
                 let p = s.var.as_tensor();
-                let p = if g.weight_decay > 0.0 { p.affine(1.0 - lr * g.weight_decay, 0.0)? } else { p.clone() };
+                let p = if g.weight_decay > 0.0 {
+                    p.affine(1.0 - lr * g.weight_decay, 0.0)?
+                } else {
+                    p.clone()
+                };
                 s.m = ((&s.m * b1)? + (grad * (1.0 - b1))?)?;
                 s.v = ((&s.v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
                 let denom = ((s.v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
@@ -171,14 +191,27 @@ mod tests {
     #[test]
     fn two_steps_match_hand_computed_torch_adamw() {
         let p = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).unwrap();
-        let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.5 };
-        let group = ParamGroup { name: "d".into(), params: vec![("p".into(), p.clone())], weight_decay: 0.5, lr_scale: 1.0 };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.5,
+        };
+        let group = ParamGroup {
+            name: "d".into(),
+            params: vec![("p".into(), p.clone())],
+            weight_decay: 0.5,
+            lr_scale: 1.0,
+        };
         let mut opt = AdamW::new(vec![group], cfg).unwrap();
         // Reference in f64, following torch.optim.AdamW line by line, with loss = sum(p^2).
         let mut rp = [1.0f64, -2.0];
         let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
         for t in 1..=2 {
-            let grads = (p.as_tensor().sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+            let grads = (p.as_tensor().sqr().unwrap().sum_all().unwrap())
+                .backward()
+                .unwrap();
             opt.step(&grads).unwrap();
             for i in 0..2 {
                 let g = 2.0 * rp[i];
@@ -201,7 +234,12 @@ mod tests {
     fn state_round_trips_and_rejects_wrong_shapes() {
         let p = Var::from_slice(&[1.0f32, 2.0, 3.0], 3, &Device::Cpu).unwrap();
         let mk = || {
-            let g = ParamGroup { name: "d".into(), params: vec![("w".into(), p.clone())], weight_decay: 0.0, lr_scale: 1.0 };
+            let g = ParamGroup {
+                name: "d".into(),
+                params: vec![("w".into(), p.clone())],
+                weight_decay: 0.0,
+                lr_scale: 1.0,
+            };
             AdamW::new(vec![g], AdamWConfig::default()).unwrap()
         };
         let mut a = mk();
@@ -213,16 +251,31 @@ mod tests {
         let mv = |o: &AdamW| o.state_tensors()["m.w"].to_vec1::<f32>().unwrap();
         assert_eq!(mv(&a), mv(&b));
         let mut bad = a.state_tensors();
-        bad.insert("v.w".into(), Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap());
+        bad.insert(
+            "v.w".into(),
+            Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
         let e = b.load_state(&bad, 1).unwrap_err().to_string();
         assert!(e.contains("v.w"), "{e}");
         bad.remove("m.w");
-        assert!(b.load_state(&bad, 1).unwrap_err().to_string().contains("m.w"));
+        assert!(b
+            .load_state(&bad, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("m.w"));
     }
 
     #[test]
     fn bad_hyper_parameters_name_the_field() {
-        let e = AdamW::new(vec![], AdamWConfig { beta2: 1.0, ..Default::default() }).err().unwrap();
+        let e = AdamW::new(
+            vec![],
+            AdamWConfig {
+                beta2: 1.0,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("beta2"));
     }
 }

@@ -6,7 +6,11 @@ use rand_chacha::ChaCha8Rng;
 
 /// A generator seeded by an order-sensitive hash of `parts` (e.g. [purpose, seed, step]).
 pub fn seeded(parts: &[u64]) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(parts.iter().fold(0x5eed_5eed_5eed_5eed, |h, &p| splitmix64(h ^ splitmix64(p))))
+    ChaCha8Rng::seed_from_u64(
+        parts
+            .iter()
+            .fold(0x5eed_5eed_5eed_5eed, |h, &p| splitmix64(h ^ splitmix64(p))),
+    )
 }
 
 /// A stream keyed by the run seed, a purpose tag and an index (step number, rank, ...).
@@ -39,12 +43,19 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_differ_by_every_key_part() {
-        let first = |r: ChaCha8Rng| -> u64 { let mut r = r; r.next_u64() };
+        let first = |r: ChaCha8Rng| -> u64 {
+            let mut r = r;
+            r.next_u64()
+        };
         let base = first(stream(1, 2, 3));
         assert_eq!(base, first(stream(1, 2, 3)));
         assert_ne!(base, first(stream(0, 2, 3)));
         assert_ne!(base, first(stream(1, 3, 3)));
         assert_ne!(base, first(stream(1, 2, 4)));
-        assert_ne!(first(seeded(&[1, 2])), first(seeded(&[2, 1])), "order matters");
+        assert_ne!(
+            first(seeded(&[1, 2])),
+            first(seeded(&[2, 1])),
+            "order matters"
+        );
     }
 }

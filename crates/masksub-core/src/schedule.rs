@@ -13,17 +13,35 @@ pub struct CosineSchedule {
 }
 
 impl CosineSchedule {
-    pub fn new(base_lr: f64, min_lr: f64, warmup_lr: f64, warmup_steps: u64, total_steps: u64) -> Result<Self> {
+    pub fn new(
+        base_lr: f64,
+        min_lr: f64,
+        warmup_lr: f64,
+        warmup_steps: u64,
+        total_steps: u64,
+    ) -> Result<Self> {
         if total_steps == 0 {
             return Err(CoreError::config("epochs", "the schedule has no steps"));
         }
         if warmup_steps > total_steps {
-            return Err(CoreError::config("warmup_epochs", format!("{warmup_steps} warmup steps exceed {total_steps} total")));
+            return Err(CoreError::config(
+                "warmup_epochs",
+                format!("{warmup_steps} warmup steps exceed {total_steps} total"),
+            ));
         }
         if !(base_lr.is_finite() && base_lr > 0.0) {
-            return Err(CoreError::config("lr", format!("{base_lr} must be positive")));
+            return Err(CoreError::config(
+                "lr",
+                format!("{base_lr} must be positive"),
+            ));
         }
-        Ok(Self { base_lr, min_lr, warmup_lr, warmup_steps, total_steps })
+        Ok(Self {
+            base_lr,
+            min_lr,
+            warmup_lr,
+            warmup_steps,
+            total_steps,
+        })
     }
 
     /// The lr used for optimizer step `step` (0-based).
@@ -55,8 +73,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(CosineSchedule::new(1.0, 0.0, 0.0, 0, 0).unwrap_err().to_string().contains("epochs"));
-        assert!(CosineSchedule::new(1.0, 0.0, 0.0, 5, 4).unwrap_err().to_string().contains("warmup"));
-        assert!(CosineSchedule::new(-1.0, 0.0, 0.0, 0, 4).unwrap_err().to_string().contains("lr"));
+        assert!(CosineSchedule::new(1.0, 0.0, 0.0, 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("epochs"));
+        assert!(CosineSchedule::new(1.0, 0.0, 0.0, 5, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("warmup"));
+        assert!(CosineSchedule::new(-1.0, 0.0, 0.0, 0, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("lr"));
     }
 }

@@ -27,13 +27,25 @@ pub enum ModelError {
     Core(#[from] masksub_core::CoreError),
 }
 
-fn format_key_report(missing: &[String], unexpected: &[String], mismatched: &[(String, Vec<usize>, Vec<usize>)]) -> String {
+fn format_key_report(
+    missing: &[String],
+    unexpected: &[String],
+    mismatched: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
     let mut s = String::new();
     if !missing.is_empty() {
-        s += &format!("\n  missing keys ({}): {}", missing.len(), missing.join(", "));
+        s += &format!(
+            "\n  missing keys ({}): {}",
+            missing.len(),
+            missing.join(", ")
+        );
     }
     if !unexpected.is_empty() {
-        s += &format!("\n  unexpected keys ({}): {}", unexpected.len(), unexpected.join(", "));
+        s += &format!(
+            "\n  unexpected keys ({}): {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        );
     }
     for (k, want, got) in mismatched {
         s += &format!("\n  shape mismatch `{k}`: model {want:?}, file {got:?}");
@@ -43,6 +55,9 @@ fn format_key_report(missing: &[String], unexpected: &[String], mismatched: &[(S
 
 impl ModelError {
     pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Config { field, reason: reason.into() }
+        Self::Config {
+            field,
+            reason: reason.into(),
+        }
     }
 }

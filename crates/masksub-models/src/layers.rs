@@ -9,7 +9,10 @@ use std::sync::Mutex;
 
 /// timm's default init for Linear weights: trunc_normal(std=0.02) (the +-2 bound is absolute,
 /// i.e. 100 sigma: a plain normal).
-pub const TRUNC_NORMAL_02: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+pub const TRUNC_NORMAL_02: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
 
 /// y = x W^T + b on the last dimension. Leading dimensions are flattened into one matmul so the
 /// backward is a single GEMM per operand (candle's Linear broadcasts W per batch instead).
@@ -22,7 +25,11 @@ pub struct Linear {
 impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_02)?;
-        let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 }
@@ -30,7 +37,9 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        let Some(&in_dim) = dims.last() else { candle_core::bail!("linear: scalar input") };
+        let Some(&in_dim) = dims.last() else {
+            candle_core::bail!("linear: scalar input")
+        };
         let rows = x.elem_count() / in_dim.max(1);
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
@@ -77,7 +86,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: Linear::new(dim, hidden, true, vb.pp("fc1"))?, fc2: Linear::new(hidden, dim, true, vb.pp("fc2"))? })
+        Ok(Self {
+            fc1: Linear::new(dim, hidden, true, vb.pp("fc1"))?,
+            fc2: Linear::new(hidden, dim, true, vb.pp("fc2"))?,
+        })
     }
 }
 
@@ -95,7 +107,9 @@ pub struct LayerScale {
 
 impl LayerScale {
     pub fn new(dim: usize, init_value: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { gamma: vb.get_with_hints(dim, "gamma", Init::Const(init_value))? })
+        Ok(Self {
+            gamma: vb.get_with_hints(dim, "gamma", Init::Const(init_value))?,
+        })
     }
 }
 
@@ -124,8 +138,18 @@ impl DropPath {
         let b = x.dim(0)?;
         let keep = 1.0 - self.rate;
         let mask: Vec<f32> = {
-            let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("drop-path rng poisoned".into()))?;
-            (0..b).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
+            let mut rng = rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("drop-path rng poisoned".into()))?;
+            (0..b)
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
         };
         let mut shape = vec![1usize; x.rank()];
         shape[0] = b;

@@ -38,7 +38,9 @@ impl ImageClassifier for Vit {
                 if *num_tokens != grid {
                     return Err(crate::ModelError::Input {
                         got: vec![*num_tokens],
-                        reason: format!("mask plan is for {num_tokens} tokens, the model has {grid}"),
+                        reason: format!(
+                            "mask plan is for {num_tokens} tokens, the model has {grid}"
+                        ),
                     });
                 }
                 Some(p.keep_tensor(x.device())?)
@@ -79,7 +81,12 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// All trainable parameters, sorted by name (a stable order for optimizers and checkpoints).
     pub fn named_parameters(&self) -> Vec<(String, Var)> {
-        let map = self.varmap.data().lock().map(|m| m.clone()).unwrap_or_default();
+        let map = self
+            .varmap
+            .data()
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let mut v: Vec<(String, Var)> = map.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

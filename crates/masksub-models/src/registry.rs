@@ -36,16 +36,70 @@ pub struct ModelSpec {
 type Entry = (&'static str, fn() -> ModelSpec);
 
 fn vit(name: &str, cfg: VitConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> ModelSpec {
-    ModelSpec { name: name.into(), arch: ModelArch::Vit(cfg), mean: mean.to_vec(), std: std.to_vec(), crop_pct }
+    ModelSpec {
+        name: name.into(),
+        arch: ModelArch::Vit(cfg),
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        crop_pct,
+    }
 }
 
 const REGISTRY: &[Entry] = &[
-    ("vit_fmnist_small", || vit("vit_fmnist_small", VitConfig::vit_fmnist_small(), &FASHION_MNIST_MEAN, &FASHION_MNIST_STD, 1.0)),
-    ("vit_fmnist_tiny", || vit("vit_fmnist_tiny", VitConfig::vit_fmnist_tiny(), &FASHION_MNIST_MEAN, &FASHION_MNIST_STD, 1.0)),
-    ("vit_tiny_patch16_224", || vit("vit_tiny_patch16_224", VitConfig::vit_tiny_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 0.9)),
-    ("deit3_small_patch16_224", || vit("deit3_small_patch16_224", VitConfig::deit3_small_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 1.0)),
-    ("deit3_base_patch16_224", || vit("deit3_base_patch16_224", VitConfig::deit3_base_patch16_224(), &IMAGENET_MEAN, &IMAGENET_STD, 1.0)),
-    ("vit_base_patch16_224.mae", || vit("vit_base_patch16_224.mae", VitConfig::vit_base_patch16_224_mae(), &IMAGENET_MEAN, &IMAGENET_STD, 0.9)),
+    ("vit_fmnist_small", || {
+        vit(
+            "vit_fmnist_small",
+            VitConfig::vit_fmnist_small(),
+            &FASHION_MNIST_MEAN,
+            &FASHION_MNIST_STD,
+            1.0,
+        )
+    }),
+    ("vit_fmnist_tiny", || {
+        vit(
+            "vit_fmnist_tiny",
+            VitConfig::vit_fmnist_tiny(),
+            &FASHION_MNIST_MEAN,
+            &FASHION_MNIST_STD,
+            1.0,
+        )
+    }),
+    ("vit_tiny_patch16_224", || {
+        vit(
+            "vit_tiny_patch16_224",
+            VitConfig::vit_tiny_patch16_224(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            0.9,
+        )
+    }),
+    ("deit3_small_patch16_224", || {
+        vit(
+            "deit3_small_patch16_224",
+            VitConfig::deit3_small_patch16_224(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            1.0,
+        )
+    }),
+    ("deit3_base_patch16_224", || {
+        vit(
+            "deit3_base_patch16_224",
+            VitConfig::deit3_base_patch16_224(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            1.0,
+        )
+    }),
+    ("vit_base_patch16_224.mae", || {
+        vit(
+            "vit_base_patch16_224.mae",
+            VitConfig::vit_base_patch16_224_mae(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            0.9,
+        )
+    }),
 ];
 
 /// Registered names, in registry order.
@@ -59,7 +113,10 @@ pub fn lookup(name: &str) -> Result<ModelSpec> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, f)| f())
-        .ok_or_else(|| ModelError::UnknownModel { name: name.into(), known: names().join(", ") })
+        .ok_or_else(|| ModelError::UnknownModel {
+            name: name.into(),
+            known: names().join(", "),
+        })
 }
 
 impl ModelSpec {
@@ -89,16 +146,24 @@ impl ModelSpec {
 
     /// Override architecture fields by name, like timm's `create_model(name, **kwargs)`
     /// (e.g. `{"global_pool": "avg", "init_values": null}`); unknown fields are errors.
-    pub fn with_kwargs(mut self, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+    pub fn with_kwargs(
+        mut self,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
         if kwargs.is_empty() {
             return Ok(self);
         }
-        let bad = |e: serde_json::Error| ModelError::config("model_kwargs", format!("{e} (model `{}`)", self.name));
+        let bad = |e: serde_json::Error| {
+            ModelError::config("model_kwargs", format!("{e} (model `{}`)", self.name))
+        };
         let mut v = serde_json::to_value(&self.arch).map_err(bad)?;
         if let serde_json::Value::Object(m) = &mut v {
             for (k, val) in kwargs {
                 if k == "family" {
-                    return Err(ModelError::config("model_kwargs", "`family` cannot be overridden"));
+                    return Err(ModelError::config(
+                        "model_kwargs",
+                        "`family` cannot be overridden",
+                    ));
                 }
                 m.insert(k.clone(), val.clone());
             }
@@ -124,7 +189,11 @@ impl ModelSpec {
         let net: Box<dyn crate::ImageClassifier> = match &self.arch {
             ModelArch::Vit(c) => Box::new(Vit::new(c, vb, seed ^ 0x5eed_d509)?),
         };
-        Ok(LoadedModel { spec: self.clone(), varmap, net })
+        Ok(LoadedModel {
+            spec: self.clone(),
+            varmap,
+            net,
+        })
     }
 }
 
@@ -146,20 +215,45 @@ mod tests {
 
     #[test]
     fn kwargs_override_fields_and_reject_unknown_or_invalid_ones() {
-        let kw = |j: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).unwrap();
-        let s = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"global_pool": "avg", "depth": 2}"#)).unwrap();
+        let kw = |j: &str| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).unwrap()
+        };
+        let s = lookup("vit_fmnist_small")
+            .unwrap()
+            .with_kwargs(&kw(r#"{"global_pool": "avg", "depth": 2}"#))
+            .unwrap();
         let ModelArch::Vit(c) = &s.arch;
-        assert_eq!((c.global_pool, c.depth, c.embed_dim), (crate::GlobalPool::Avg, 2, VitConfig::vit_fmnist_small().embed_dim));
-        let e = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"dept": 2}"#)).err().unwrap().to_string();
+        assert_eq!(
+            (c.global_pool, c.depth, c.embed_dim),
+            (
+                crate::GlobalPool::Avg,
+                2,
+                VitConfig::vit_fmnist_small().embed_dim
+            )
+        );
+        let e = lookup("vit_fmnist_small")
+            .unwrap()
+            .with_kwargs(&kw(r#"{"dept": 2}"#))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("model_kwargs") && e.contains("dept"), "{e}");
-        let e = lookup("vit_fmnist_small").unwrap().with_kwargs(&kw(r#"{"patch_size": 5}"#)).err().unwrap().to_string();
+        let e = lookup("vit_fmnist_small")
+            .unwrap()
+            .with_kwargs(&kw(r#"{"patch_size": 5}"#))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("patch_size"), "{e}");
     }
 
     #[test]
     fn unknown_name_lists_the_known_ones() {
         let e = lookup("resnet9000").err().unwrap().to_string();
-        assert!(e.contains("resnet9000") && e.contains("deit3_small_patch16_224"), "{e}");
+        assert!(
+            e.contains("resnet9000") && e.contains("deit3_small_patch16_224"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -167,7 +261,11 @@ mod tests {
         // timm: deit3_small_patch16_224 has 22,059,496 parameters (1000 classes).
         let spec = lookup("deit3_small_patch16_224").unwrap();
         let m = spec.build(0, DType::F32, &Device::Cpu).unwrap();
-        let n: usize = m.named_parameters().iter().map(|(_, v)| v.elem_count()).sum();
+        let n: usize = m
+            .named_parameters()
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum();
         assert_eq!(n, 22_059_496);
     }
 }

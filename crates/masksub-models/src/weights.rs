@@ -21,19 +21,45 @@ fn matches_any(key: &str, prefixes: &[String]) -> bool {
 }
 
 /// Copy `tensors` into the model's parameters, or fail listing every problem by name.
-pub fn load_into(varmap: &VarMap, tensors: &HashMap<String, Tensor>, source_name: &str, opts: &LoadOptions) -> Result<()> {
-    let map = varmap.data().lock().map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
-    let mut missing: Vec<String> = map.keys().filter(|k| !tensors.contains_key(*k) && !matches_any(k, &opts.allow_missing)).cloned().collect();
-    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !map.contains_key(*k) && !matches_any(k, &opts.allow_unexpected)).cloned().collect();
+pub fn load_into(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    source_name: &str,
+    opts: &LoadOptions,
+) -> Result<()> {
+    let map = varmap
+        .data()
+        .lock()
+        .map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
+    let mut missing: Vec<String> = map
+        .keys()
+        .filter(|k| !tensors.contains_key(*k) && !matches_any(k, &opts.allow_missing))
+        .cloned()
+        .collect();
+    let mut unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !map.contains_key(*k) && !matches_any(k, &opts.allow_unexpected))
+        .cloned()
+        .collect();
     let mut mismatched: Vec<(String, Vec<usize>, Vec<usize>)> = map
         .iter()
-        .filter_map(|(k, v)| tensors.get(k).filter(|t| t.dims() != v.dims()).map(|t| (k.clone(), v.dims().to_vec(), t.dims().to_vec())))
+        .filter_map(|(k, v)| {
+            tensors
+                .get(k)
+                .filter(|t| t.dims() != v.dims())
+                .map(|t| (k.clone(), v.dims().to_vec(), t.dims().to_vec()))
+        })
         .collect();
     if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
         missing.sort();
         unexpected.sort();
         mismatched.sort();
-        return Err(ModelError::StateDict { source_name: source_name.into(), missing, unexpected, mismatched });
+        return Err(ModelError::StateDict {
+            source_name: source_name.into(),
+            missing,
+            unexpected,
+            mismatched,
+        });
     }
     for (k, var) in map.iter() {
         if let Some(t) = tensors.get(k) {
@@ -45,17 +71,28 @@ pub fn load_into(varmap: &VarMap, tensors: &HashMap<String, Tensor>, source_name
 
 /// The parameters as name -> tensor, sorted.
 pub fn state_dict(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
-    let map = varmap.data().lock().map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
-    Ok(map.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+    let map = varmap
+        .data()
+        .lock()
+        .map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
+    Ok(map
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect())
 }
 
 /// Read every tensor of a safetensors file onto the CPU; errors name the file.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
-        return Err(ModelError::File { path: path.into(), reason: "no such file".into() });
+        return Err(ModelError::File {
+            path: path.into(),
+            reason: "no such file".into(),
+        });
     }
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| ModelError::File { path: path.into(), reason: format!("not a readable safetensors file: {e}") })
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::File {
+        path: path.into(),
+        reason: format!("not a readable safetensors file: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -67,9 +104,18 @@ mod tests {
         let vm = VarMap::new();
         {
             let mut m = vm.data().lock().unwrap();
-            m.insert("a.weight".into(), Var::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
-            m.insert("a.bias".into(), Var::zeros(2, DType::F32, &Device::Cpu).unwrap());
-            m.insert("head.weight".into(), Var::zeros((4, 2), DType::F32, &Device::Cpu).unwrap());
+            m.insert(
+                "a.weight".into(),
+                Var::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+            );
+            m.insert(
+                "a.bias".into(),
+                Var::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+            );
+            m.insert(
+                "head.weight".into(),
+                Var::zeros((4, 2), DType::F32, &Device::Cpu).unwrap(),
+            );
         }
         vm
     }
@@ -78,10 +124,23 @@ mod tests {
     fn reports_all_problems_at_once_by_name() {
         let vm = varmap();
         let mut t = HashMap::new();
-        t.insert("a.weight".to_string(), Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap());
-        t.insert("extra".to_string(), Tensor::ones(1, DType::F32, &Device::Cpu).unwrap());
-        let e = load_into(&vm, &t, "ckpt.safetensors", &LoadOptions::default()).unwrap_err().to_string();
-        for needle in ["ckpt.safetensors", "missing keys (2): a.bias, head.weight", "unexpected keys (1): extra", "`a.weight`: model [2, 3], file [3, 2]"] {
+        t.insert(
+            "a.weight".to_string(),
+            Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "extra".to_string(),
+            Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let e = load_into(&vm, &t, "ckpt.safetensors", &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "ckpt.safetensors",
+            "missing keys (2): a.bias, head.weight",
+            "unexpected keys (1): extra",
+            "`a.weight`: model [2, 3], file [3, 2]",
+        ] {
             assert!(e.contains(needle), "{needle} not in {e}");
         }
     }
@@ -90,14 +149,40 @@ mod tests {
     fn loads_values_and_honours_allowances() {
         let vm = varmap();
         let mut t = HashMap::new();
-        t.insert("a.weight".to_string(), Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap());
-        t.insert("a.bias".to_string(), Tensor::ones(2, DType::F32, &Device::Cpu).unwrap());
-        t.insert("optim.m.x".to_string(), Tensor::ones(1, DType::F32, &Device::Cpu).unwrap());
-        let opts = LoadOptions { allow_missing: vec!["head.".into()], allow_unexpected: vec!["optim.".into()] };
+        t.insert(
+            "a.weight".to_string(),
+            Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "a.bias".to_string(),
+            Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "optim.m.x".to_string(),
+            Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let opts = LoadOptions {
+            allow_missing: vec!["head.".into()],
+            allow_unexpected: vec!["optim.".into()],
+        };
         load_into(&vm, &t, "x", &opts).unwrap();
         let sd = state_dict(&vm).unwrap();
-        assert_eq!(sd["a.weight"].sum_all().unwrap().to_scalar::<f32>().unwrap(), 6.0);
-        assert_eq!(sd["head.weight"].sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            sd["a.weight"]
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            6.0
+        );
+        assert_eq!(
+            sd["head.weight"]
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 
     #[test]
@@ -106,7 +191,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("garbage.safetensors");
         std::fs::write(&p, b"not safetensors").unwrap();
-        assert!(read_safetensors(&p).unwrap_err().to_string().contains("garbage.safetensors"));
-        assert!(read_safetensors(&dir.join("nope.safetensors")).unwrap_err().to_string().contains("nope.safetensors"));
+        assert!(read_safetensors(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("garbage.safetensors"));
+        assert!(read_safetensors(&dir.join("nope.safetensors"))
+            .unwrap_err()
+            .to_string()
+            .contains("nope.safetensors"));
     }
 }

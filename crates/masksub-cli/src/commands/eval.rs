@@ -40,15 +40,35 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let spec = match (&args.model, state_path.exists()) {
         (Some(name), _) => registry::lookup(name)?.with_data(ds.num_classes, ds.channels),
         (None, true) => {
-            let text = std::fs::read_to_string(&state_path).with_context(|| format!("{}: cannot read", state_path.display()))?;
-            serde_json::from_str::<TrainerState>(&text).with_context(|| format!("{}: invalid trainer state", state_path.display()))?.spec
+            let text = std::fs::read_to_string(&state_path)
+                .with_context(|| format!("{}: cannot read", state_path.display()))?;
+            serde_json::from_str::<TrainerState>(&text)
+                .with_context(|| format!("{}: invalid trainer state", state_path.display()))?
+                .spec
         }
-        (None, false) => anyhow::bail!("{}: no {} beside it; pass --model NAME", args.checkpoint.display(), checkpoint::STATE_FILE),
+        (None, false) => anyhow::bail!(
+            "{}: no {} beside it; pass --model NAME",
+            args.checkpoint.display(),
+            checkpoint::STATE_FILE
+        ),
     };
     let model = spec.build(0, DType::F32, &device)?;
     let tensors = weights::read_safetensors(&args.checkpoint)?;
-    weights::load_into(&model.varmap, &tensors, &args.checkpoint.display().to_string(), &LoadOptions::default())?;
+    weights::load_into(
+        &model.varmap,
+        &tensors,
+        &args.checkpoint.display().to_string(),
+        &LoadOptions::default(),
+    )?;
     let r = evaluate(&model, &ds, args.batch_size, &device)?;
-    println!("{}: {} on {} test images: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", args.checkpoint.display(), spec.name, r.count, r.top1, r.top5, r.loss);
+    println!(
+        "{}: {} on {} test images: top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
+        args.checkpoint.display(),
+        spec.name,
+        r.count,
+        r.top1,
+        r.top5,
+        r.loss
+    );
     Ok(())
 }

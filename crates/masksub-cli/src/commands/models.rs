@@ -18,9 +18,16 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         let spec = registry::lookup(name)?;
         let (c, h, w) = spec.input_shape();
         let arch = match &spec.arch {
-            ModelArch::Vit(v) => format!("ViT d{} x{} h{} /{}", v.embed_dim, v.depth, v.num_heads, v.patch_size),
+            ModelArch::Vit(v) => format!(
+                "ViT d{} x{} h{} /{}",
+                v.embed_dim, v.depth, v.num_heads, v.patch_size
+            ),
         };
-        println!("{name:<28} {arch:<22} input {c}x{h}x{w}  classes {}  crop_pct {}", spec.num_classes(), spec.crop_pct);
+        println!(
+            "{name:<28} {arch:<22} input {c}x{h}x{w}  classes {}  crop_pct {}",
+            spec.num_classes(),
+            spec.crop_pct
+        );
     }
     Ok(())
 }

@@ -98,7 +98,17 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { cfg.$f = v.clone(); } )* };
         }
-        set!(data, model, epochs, batch_size, lr, weight_decay, warmup_epochs, smoothing, seed);
+        set!(
+            data,
+            model,
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            warmup_epochs,
+            smoothing,
+            seed
+        );
         if self.clip_grad.is_some() {
             cfg.clip_grad = self.clip_grad;
         }
@@ -113,9 +123,13 @@ impl TrainArgs {
             SubModel::None => None,
         });
         cfg.sub = match (self.sub, ratio) {
-            (Some(SubKind::None), Some(_)) if self.mask_ratio.is_some() => bail!("--mask-ratio needs --sub masking"),
+            (Some(SubKind::None), Some(_)) if self.mask_ratio.is_some() => {
+                bail!("--mask-ratio needs --sub masking")
+            }
             (Some(SubKind::None), _) => SubModel::None,
-            (Some(SubKind::Masking), r) => SubModel::Masking { ratio: r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO) },
+            (Some(SubKind::Masking), r) => SubModel::Masking {
+                ratio: r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO),
+            },
             (None, Some(r)) if self.mask_ratio.is_some() => SubModel::Masking { ratio: r },
             (None, _) => cfg.sub,
         };
@@ -144,7 +158,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 Some(p) => TrainConfig::load(p)?,
                 None => TrainConfig::default(),
             };
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string()));
+            let out = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+            });
             (args.apply(base)?, out, false)
         }
     };
@@ -152,7 +168,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // The longer schedule must be the one the config records.
         cfg.save(&out.join("config.json"))?;
     }
-    let opts = RunOptions { resume, progress: !args.quiet, ..RunOptions::new(out, device) };
+    let opts = RunOptions {
+        resume,
+        progress: !args.quiet,
+        ..RunOptions::new(out, device)
+    };
     let summary = train(&cfg, opts)?;
     println!(
         "done: {} epochs, test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%, {:.0} train img/s, {:.0}s; run folder {}",

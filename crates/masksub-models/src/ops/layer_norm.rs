@@ -1,8 +1,10 @@
 //! LayerNorm over the last dimension with affine weight and bias (timm: eps 1e-6).
 //! Fused CPU forward; fused backward for dx and for (dw, db).
 
-use super::{f32_slice, use_fused, MIN_ROWS_PER_TASK};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use super::{col_sums, f32_slice, use_fused, MIN_ROWS_PER_TASK};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 struct LnFwd {
@@ -44,18 +46,29 @@ impl CustomOp3 for LnFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let (x, w, b) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
         let d = dim_of(l1, self.name())?;
         if w.len() != d || b.len() != d {
-            bail!("layer-norm: weight/bias of {}/{} for a last dimension of {d}", w.len(), b.len());
+            bail!(
+                "layer-norm: weight/bias of {}/{} for a last dimension of {d}",
+                w.len(),
+                b.len()
+            );
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(MIN_ROWS_PER_TASK).for_each(|(y, x)| {
-            let (mean, rstd) = stats(x, self.eps);
-            for i in 0..d {
-                y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-            }
-        });
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(y, x)| {
+                let (mean, rstd) = stats(x, self.eps);
+                for i in 0..d {
+                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -88,11 +101,17 @@ impl CustomOp3 for LnBwdInput {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let (x, w, g) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
         let d = dim_of(l1, self.name())?;
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).with_min_len(MIN_ROWS_PER_TASK).for_each(
-            |(dx, (x, g))| {
+        dx.par_chunks_mut(d)
+            .zip(x.par_chunks(d).zip(g.par_chunks(d)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(dx, (x, g))| {
                 let (mean, rstd) = stats(x, self.eps);
                 let (mut s_gw, mut s_gwx) = (0f32, 0f32);
                 for i in 0..d {
@@ -105,8 +124,7 @@ impl CustomOp3 for LnBwdInput {
                     let xhat = (x[i] - mean) * rstd;
                     dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
                 }
-            },
-        );
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -116,31 +134,26 @@ impl CustomOp2 for LnBwdParams {
         "layer-norm-bwd-params"
     }
     /// (2, D): row 0 = sum over rows of g * xhat (dw), row 1 = sum of g (db).
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
         let d = dim_of(l1, self.name())?;
-        let sums = x
-            .par_chunks(d)
-            .zip(g.par_chunks(d))
-            .with_min_len(MIN_ROWS_PER_TASK)
-            .fold(
-                || vec![0f32; 2 * d],
-                |mut acc, (x, g)| {
-                    let (mean, rstd) = stats(x, self.eps);
-                    for i in 0..d {
-                        acc[i] += g[i] * (x[i] - mean) * rstd;
-                        acc[d + i] += g[i];
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; 2 * d],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let sums = col_sums(x.len() / d, 2 * d, |r, acc| {
+            let (x, g) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let (mean, rstd) = stats(x, self.eps);
+            for i in 0..d {
+                acc[i] += g[i] * (x[i] - mean) * rstd;
+                acc[d + i] += g[i];
+            }
+        });
         Ok((CpuStorage::F32(sums), Shape::from((2, d))))
     }
 }
@@ -148,7 +161,11 @@ impl CustomOp2 for LnBwdParams {
 /// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if use_fused(x) && weight.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LnFwd { eps: eps as f32 });
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LnFwd { eps: eps as f32 },
+        );
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
@@ -167,7 +184,9 @@ mod tests {
         let mean = x.mean_keepdim(D::Minus1).unwrap();
         let xc = x.broadcast_sub(&mean).unwrap();
         let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let xhat = xc.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+        let xhat = xc
+            .broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap())
+            .unwrap();
         xhat.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
     }
 
@@ -178,7 +197,11 @@ mod tests {
         let w0 = randn(&[48], 7);
         let b0 = randn(&[48], 8);
         let run = |fused: bool| {
-            let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w0).unwrap(), Var::from_tensor(&b0).unwrap());
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&w0).unwrap(),
+                Var::from_tensor(&b0).unwrap(),
+            );
             let y = if fused {
                 layer_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-6).unwrap()
             } else {
@@ -190,17 +213,41 @@ mod tests {
         };
         let (a, b) = (run(true), run(false));
         assert!(max_abs_diff(&a.0, &b.0) < 1e-5);
-        assert!(max_abs_diff(&a.1, &b.1) < 1e-4, "dx {}", max_abs_diff(&a.1, &b.1));
-        assert!(max_abs_diff(&a.2, &b.2) < 1e-4, "dw {}", max_abs_diff(&a.2, &b.2));
-        assert!(max_abs_diff(&a.3, &b.3) < 1e-4, "db {}", max_abs_diff(&a.3, &b.3));
+        assert!(
+            max_abs_diff(&a.1, &b.1) < 1e-4,
+            "dx {}",
+            max_abs_diff(&a.1, &b.1)
+        );
+        assert!(
+            max_abs_diff(&a.2, &b.2) < 1e-4,
+            "dw {}",
+            max_abs_diff(&a.2, &b.2)
+        );
+        assert!(
+            max_abs_diff(&a.3, &b.3) < 1e-4,
+            "db {}",
+            max_abs_diff(&a.3, &b.3)
+        );
     }
 
     #[test]
     fn normalizes_rows() {
         let x = randn(&[3, 64], 9);
-        let y = layer_norm(&x, &Tensor::ones(64, DType::F32, x.device()).unwrap(), &Tensor::zeros(64, DType::F32, x.device()).unwrap(), 1e-6).unwrap();
+        let y = layer_norm(
+            &x,
+            &Tensor::ones(64, DType::F32, x.device()).unwrap(),
+            &Tensor::zeros(64, DType::F32, x.device()).unwrap(),
+            1e-6,
+        )
+        .unwrap();
         let m = y.mean(D::Minus1).unwrap().to_vec1::<f32>().unwrap();
-        let v = y.sqr().unwrap().mean(D::Minus1).unwrap().to_vec1::<f32>().unwrap();
+        let v = y
+            .sqr()
+            .unwrap()
+            .mean(D::Minus1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(m.iter().all(|m| m.abs() < 1e-5) && v.iter().all(|v| (v - 1.0).abs() < 1e-3));
     }
 }

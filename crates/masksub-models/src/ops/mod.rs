@@ -21,6 +21,32 @@ use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 /// Rows per rayon task: keeps tasks large enough that scheduling is noise.
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Rows per partial sum in [`col_sums`]; fixed so the summation order never depends on threads.
+const ROWS_PER_PARTIAL: usize = 64;
+
+/// sum over rows r of f(r) (each call adds its row's contribution into a k-vector).
+/// Partial sums over fixed row chunks run in parallel and are added in chunk order, so the
+/// result is bitwise reproducible whatever the thread count or scheduling (a resumed run
+/// must retrace the uninterrupted one).
+fn col_sums(rows: usize, k: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS_PER_PARTIAL))
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![0f32; k];
+            for r in c * ROWS_PER_PARTIAL..((c + 1) * ROWS_PER_PARTIAL).min(rows) {
+                f(r, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; k];
+    for p in partials {
+        out.iter_mut().zip(p).for_each(|(o, p)| *o += p);
+    }
+    out
+}
+
 /// The contiguous f32 slice behind a CPU storage + layout.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -48,7 +74,16 @@ pub(crate) mod test_util {
     }
 
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Gradient of sum(f(x) * w) for a fixed random w, w.r.t. x.
