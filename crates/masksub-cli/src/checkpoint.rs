@@ -3,6 +3,7 @@
 //! - `last.optim.safetensors`: AdamW moments (`m.<key>`, `v.<key>`);
 //! - `last.state.json`: trainer state (epochs done, step, model spec) — written last, it is the
 //!   commit point; all three carry the step and must agree on resume.
+//!
 //! Every file goes to a temporary name in the same folder, is synced, then renamed over the old.
 
 use anyhow::{bail, Context, Result};

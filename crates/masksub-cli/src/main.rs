@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (default: small ViT, MaskSub r=0.5, on the embedded Fashion-MNIST).
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Evaluate a checkpoint: top-1 / top-5 / loss on the test split.
     Eval(commands::eval::EvalArgs),
     /// List the registered models.
@@ -46,7 +46,7 @@ fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => commands::train::run(a),
+        Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Models(a) => commands::models::run(a),
     };

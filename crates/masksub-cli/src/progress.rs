@@ -56,7 +56,7 @@ impl Progress {
                 b.set_position(step);
                 b.set_message(msg);
             }
-            None if self.enabled && step % self.log_every == 0 => {
+            None if self.enabled && step.is_multiple_of(self.log_every) => {
                 let done = (step - self.start_step) as f64;
                 let eta = if done > 0.0 {
                     self.start.elapsed().as_secs_f64() / done * (self.total_steps - step) as f64

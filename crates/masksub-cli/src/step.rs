@@ -64,6 +64,17 @@ pub struct MaskSubStep<'a> {
     vars: Vec<Var>,
 }
 
+/// Settings of the step that are not the objective, optimizer or schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSettings {
+    /// Clip the summed (main + sub) gradient to this global norm.
+    pub clip_grad: Option<f64>,
+    /// Label smoothing folded into the soft targets.
+    pub smoothing: f64,
+    /// Run seed: masks and drop-path of step s on rank r derive from (seed, s, r).
+    pub seed: u64,
+}
+
 impl<'a> MaskSubStep<'a> {
     pub fn new(
         model: &'a LoadedModel,
@@ -71,15 +82,18 @@ impl<'a> MaskSubStep<'a> {
         optimizer: AdamW,
         schedule: CosineSchedule,
         collective: &'a dyn Collective,
-        clip_grad: Option<f64>,
-        smoothing: f64,
-        seed: u64,
+        settings: StepSettings,
     ) -> Self {
         let vars = model
             .named_parameters()
             .into_iter()
             .map(|(_, v)| v)
             .collect();
+        let StepSettings {
+            clip_grad,
+            smoothing,
+            seed,
+        } = settings;
         Self {
             model,
             objective,

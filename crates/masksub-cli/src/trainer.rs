@@ -6,7 +6,7 @@ use crate::collective::Collective;
 use crate::eval::{evaluate, EvalResult};
 use crate::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::progress::Progress;
-use crate::step::{param_groups, MaskSubStep, TrainStep};
+use crate::step::{param_groups, MaskSubStep, StepSettings, TrainStep};
 use crate::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -94,7 +94,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     }
 
     let world = opts.collective.world_size();
-    if cfg.batch_size % world != 0 {
+    if !cfg.batch_size.is_multiple_of(world) {
         bail!(
             "invalid config: `batch_size` {} is not divisible by the world size {world}",
             cfg.batch_size
@@ -203,9 +203,11 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         optimizer,
         schedule,
         opts.collective.as_ref(),
-        cfg.clip_grad,
-        cfg.smoothing,
-        cfg.seed,
+        StepSettings {
+            clip_grad: cfg.clip_grad,
+            smoothing: cfg.smoothing,
+            seed: cfg.seed,
+        },
     );
     let mut metrics = if main {
         Some(MetricsWriter::open(out)?)
@@ -263,7 +265,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
                 o.lr,
                 ips,
             );
-            if state.step % cfg.log_every as u64 == 0 {
+            if state.step.is_multiple_of(cfg.log_every as u64) {
                 if let Some(m) = metrics.as_mut() {
                     m.step(&StepRow {
                         step: state.step,

@@ -156,7 +156,7 @@ impl VitConfig {
                 return Err(ModelError::config(field, "must be positive"));
             }
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::config(
                 "patch_size",
                 format!(
@@ -165,7 +165,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ModelError::config(
                 "num_heads",
                 format!(
@@ -174,7 +174,7 @@ impl VitConfig {
                 ),
             ));
         }
-        if !(self.mlp_ratio > 0.0) {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
             return Err(ModelError::config(
                 "mlp_ratio",
                 format!("{} must be positive", self.mlp_ratio),

@@ -25,7 +25,7 @@ struct ColSumProd {
 
 fn row_len(x: &Layout, b: &Layout) -> Result<usize> {
     let k = b.shape().elem_count();
-    if k == 0 || x.shape().elem_count() % k != 0 {
+    if k == 0 || !x.shape().elem_count().is_multiple_of(k) {
         bail!(
             "row op: {:?} does not span the trailing dims of {:?}",
             b.shape(),
