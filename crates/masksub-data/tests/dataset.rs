@@ -1,26 +1,11 @@
 //! Loading datasets from IDX directories: file discovery, statistics, subsets.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use masksub_data::{DataError, InMemoryDataset, Split};
 
-const FASHION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/fashion-mnist");
-
-fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = magic.to_be_bytes().to_vec();
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
+mod common;
+use common::{gz, idx, FASHION};
 
 /// Writes a tiny split of `labels.len()` 2x3 images whose pixels are `base + sample index`.
 fn write_split(dir: &Path, prefix: &str, labels: &[u8], base: u8, compress: bool) {

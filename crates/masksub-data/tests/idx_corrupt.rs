@@ -1,28 +1,13 @@
 //! Broken IDX files: each must give a `DataError` naming the file and the problem, never a
 //! panic or a silently misread dataset.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use masksub_data::idx::{read_idx_images, read_idx_labels};
 use masksub_data::DataError;
 
-const FASHION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/fashion-mnist");
-
-fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = magic.to_be_bytes().to_vec();
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
+mod common;
+use common::{gz, idx, FASHION};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
