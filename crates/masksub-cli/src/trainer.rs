@@ -85,14 +85,6 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         );
     }
     let main = opts.collective.is_main();
-    if main {
-        std::fs::create_dir_all(out)
-            .with_context(|| format!("{}: cannot create run folder", out.display()))?;
-        if !opts.resume {
-            cfg.save(&out.join("config.json"))?;
-        }
-    }
-
     let world = opts.collective.world_size();
     if !cfg.batch_size.is_multiple_of(world) {
         bail!(
@@ -125,6 +117,15 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         );
     }
     let model = spec.build(cfg.seed, DType::F32, &opts.device)?;
+    // The folder is created only once the config, the data and the model are known to be good,
+    // so a mistyped flag leaves nothing behind.
+    if main {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("{}: cannot create run folder", out.display()))?;
+        if !opts.resume {
+            cfg.save(&out.join("config.json"))?;
+        }
+    }
 
     let loader_cfg = LoaderConfig {
         batch_size: cfg.batch_size / world,

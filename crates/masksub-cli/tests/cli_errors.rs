@@ -43,6 +43,7 @@ fn bad_train_inputs_name_what_is_wrong() {
         assert!(!ok, "{args:?} should fail");
         assert!(text.contains(needle), "{args:?}: `{needle}` not in: {text}");
         assert!(!text.contains("panicked"), "{text}");
+        assert!(!out.exists(), "{args:?} left a run folder behind");
     }
 }
 

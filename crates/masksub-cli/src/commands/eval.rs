@@ -34,6 +34,9 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
+    if !args.checkpoint.is_file() {
+        anyhow::bail!("{}: no such checkpoint file", args.checkpoint.display());
+    }
     let data = args.data.clone().unwrap_or_else(default_data_dir);
     let ds = InMemoryDataset::from_idx_dir(&data, Split::Test)?;
     let state_path = args.checkpoint.with_file_name(checkpoint::STATE_FILE);
