@@ -28,6 +28,13 @@ fn opts(out: &Path) -> RunOptions {
     }
 }
 
+fn resume_opts(out: &Path) -> RunOptions {
+    RunOptions {
+        resume: true,
+        ..opts(out)
+    }
+}
+
 fn jsonl(out: &Path, kind: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -148,14 +155,7 @@ fn an_interrupted_run_resumes_at_the_right_step_and_ends_where_an_uninterrupted_
     .unwrap();
     let mid = checkpoint::load(&split).unwrap().state;
     assert_eq!((mid.epochs_done, mid.step), (1, 40));
-    let s = train(
-        &cfg,
-        RunOptions {
-            resume: true,
-            ..opts(&split)
-        },
-    )
-    .unwrap();
+    let s = train(&cfg, resume_opts(&split)).unwrap();
     assert_eq!(s.steps, 80);
     let steps: Vec<u64> = jsonl(&split, "step")
         .iter()
@@ -186,16 +186,7 @@ fn an_interrupted_run_resumes_at_the_right_step_and_ends_where_an_uninterrupted_
         );
     }
     // A finished run cannot be resumed further without more epochs.
-    let e = train(
-        &cfg,
-        RunOptions {
-            resume: true,
-            ..opts(&split)
-        },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = train(&cfg, resume_opts(&split)).err().unwrap().to_string();
     assert!(e.contains("already finished"), "{e}");
 }
 
@@ -217,16 +208,10 @@ fn a_fresh_run_never_overwrites_an_existing_one_and_resume_needs_a_checkpoint() 
         before,
         "checkpoint untouched"
     );
-    let e = train(
-        &cfg,
-        RunOptions {
-            resume: true,
-            ..opts(&dir.path().join("nothing"))
-        },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = train(&cfg, resume_opts(&dir.path().join("nothing")))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no checkpoint"), "{e}");
 }
 
