@@ -70,21 +70,19 @@ pub fn save(
     )
 }
 
-/// The `step` recorded in a safetensors file's metadata.
-fn step_of(path: &Path) -> Result<Option<u64>> {
+/// The tensors of a checkpoint file and the `step` in its metadata, reading the file once.
+fn read_with_step(path: &Path) -> Result<(HashMap<String, Tensor>, Option<u64>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    Ok(meta
+    let step = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("step"))
-        .and_then(|s| s.parse().ok()))
-}
-
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{}: cannot load tensors", path.display()))
+        .and_then(|s| s.parse().ok());
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{}: cannot load tensors", path.display()))?;
+    Ok((tensors, step))
 }
 
 /// A checkpoint read back from a run folder.
@@ -102,8 +100,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         .with_context(|| format!("{}: no checkpoint to resume from", state_path.display()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
-    for f in [WEIGHTS_FILE, OPTIM_FILE] {
-        let got = step_of(&p(f))?;
+    let read = |f: &str| -> Result<HashMap<String, Tensor>> {
+        let (tensors, got) = read_with_step(&p(f))?;
         if got != Some(state.step) {
             bail!(
                 "{}: holds step {:?} but {} says step {}; the checkpoint is inconsistent",
@@ -113,10 +111,11 @@ pub fn load(dir: &Path) -> Result<Loaded> {
                 state.step
             );
         }
-    }
+        Ok(tensors)
+    };
     Ok(Loaded {
-        weights: read_tensors(&p(WEIGHTS_FILE))?,
-        optim: read_tensors(&p(OPTIM_FILE))?,
+        weights: read(WEIGHTS_FILE)?,
+        optim: read(OPTIM_FILE)?,
         state,
     })
 }

@@ -150,6 +150,11 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Whether a sub-model is trained alongside the main model.
+    pub fn sub_is_on(&self) -> bool {
+        !matches!(self.sub, SubModel::None)
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }

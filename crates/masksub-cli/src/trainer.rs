@@ -343,9 +343,3 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     }
     Ok(summary)
 }
-
-impl TrainConfig {
-    fn sub_is_on(&self) -> bool {
-        !matches!(self.sub, masksub_core::SubModel::None)
-    }
-}
