@@ -18,7 +18,7 @@ pub mod schedule;
 
 pub use error::CoreError;
 pub use loss::LossKind;
-pub use mask::{MaskPlan, MaskStrategy, RandomTokenDrop, TokenGrid};
+pub use mask::{MaskKind, MaskPlan, MaskStrategy, RandomTokenDrop, RandomUnitMask, TokenGrid};
 pub use objective::{StepLosses, SubModel, SubModelForward, SubObjective};
 pub use optim::{AdamW, AdamWConfig, ParamGroup};
 pub use schedule::CosineSchedule;

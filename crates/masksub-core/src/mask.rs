@@ -36,6 +36,25 @@ pub enum MaskPlan {
         keep_per_sample: usize,
         keep: Vec<u32>,
     },
+    /// Hide whole units of the grid in place: `masked[b * grid.len() + i] == 1` hides unit `i`
+    /// (row-major) of sample `b`; exactly `masked_per_sample` units per sample. The model keeps
+    /// the input size and replaces a hidden unit (Swin: a learnable mask token over u x u
+    /// stage-1 tokens; CNN: zeros over a p x p pixel patch).
+    MaskUnits {
+        grid: TokenGrid,
+        masked_per_sample: usize,
+        masked: Vec<u8>,
+    },
+}
+
+/// How a model family hides part of its input in the sub pass; picks the default strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskKind {
+    /// Drop patch tokens from the sequence (ViT): real compute saving.
+    DropTokens,
+    /// Replace units in place (Swin mask token, CNN zeroed pixel patches).
+    MaskUnits,
 }
 
 impl MaskPlan {
@@ -46,10 +65,53 @@ impl MaskPlan {
                 keep,
                 ..
             } => keep.len() / keep_per_sample.max(&1),
+            MaskPlan::MaskUnits { grid, masked, .. } => masked.len() / grid.len().max(1),
         }
     }
 
-    /// Kept token indices of sample `b`.
+    /// Which kind of masking this plan describes.
+    pub fn kind(&self) -> MaskKind {
+        match self {
+            MaskPlan::KeepTokens { .. } => MaskKind::DropTokens,
+            MaskPlan::MaskUnits { .. } => MaskKind::MaskUnits,
+        }
+    }
+
+    /// Number of maskable units (tokens or grid cells) the plan was drawn for.
+    pub fn num_units(&self) -> usize {
+        match self {
+            MaskPlan::KeepTokens { num_tokens, .. } => *num_tokens,
+            MaskPlan::MaskUnits { grid, .. } => grid.len(),
+        }
+    }
+
+    /// The 0/1 unit mask of sample `b` (1 = hidden); `None` for a token-drop plan.
+    pub fn unit_mask(&self, b: usize) -> Option<&[u8]> {
+        match self {
+            MaskPlan::KeepTokens { .. } => None,
+            MaskPlan::MaskUnits { grid, masked, .. } => {
+                Some(&masked[b * grid.len()..(b + 1) * grid.len()])
+            }
+        }
+    }
+
+    /// The unit mask as a (B, grid.height, grid.width) f32 tensor of 0/1 (1 = hidden), the form
+    /// a model upsamples to its tokens or pixels. Errors on a token-drop plan.
+    pub fn unit_mask_tensor(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            MaskPlan::KeepTokens { .. } => Err(CoreError::config(
+                "mask_plan",
+                "a token-drop plan has no unit mask",
+            )),
+            MaskPlan::MaskUnits { grid, masked, .. } => {
+                let b = masked.len() / grid.len().max(1);
+                let v: Vec<f32> = masked.iter().map(|&m| f32::from(m)).collect();
+                Ok(Tensor::from_vec(v, (b, grid.height, grid.width), device)?)
+            }
+        }
+    }
+
+    /// Kept token indices of sample `b`; empty for a unit-mask plan.
     pub fn kept(&self, b: usize) -> &[u32] {
         match self {
             MaskPlan::KeepTokens {
@@ -57,10 +119,12 @@ impl MaskPlan {
                 keep,
                 ..
             } => &keep[b * keep_per_sample..(b + 1) * keep_per_sample],
+            MaskPlan::MaskUnits { .. } => &[],
         }
     }
 
     /// The keep indices as a (B, keep_per_sample) u32 tensor, as the ViT gather takes them.
+    /// Errors on a unit-mask plan.
     pub fn keep_tensor(&self, device: &Device) -> Result<Tensor> {
         match self {
             MaskPlan::KeepTokens {
@@ -71,6 +135,10 @@ impl MaskPlan {
                 let b = keep.len() / (*keep_per_sample).max(1);
                 Ok(Tensor::from_slice(keep, (b, *keep_per_sample), device)?)
             }
+            MaskPlan::MaskUnits { .. } => Err(CoreError::config(
+                "mask_plan",
+                "a unit-mask plan has no kept-token list",
+            )),
         }
     }
 }
@@ -78,6 +146,22 @@ impl MaskPlan {
 /// Turns (batch size, token grid, seeded RNG) into a per-sample [`MaskPlan`].
 pub trait MaskStrategy: Send + Sync + std::fmt::Debug {
     fn plan(&self, batch: usize, grid: TokenGrid, rng: &mut dyn RngCore) -> Result<MaskPlan>;
+}
+
+/// The number of units kept when `ratio` of `num_units` is hidden: floor(L * (1 - ratio)),
+/// at least one. Token drop and unit masking share it, so r means the same for every family.
+fn keep_count(ratio: f64, num_units: usize) -> usize {
+    ((num_units as f64 * (1.0 - ratio)).floor() as usize).clamp(1, num_units.max(1))
+}
+
+fn check_ratio(ratio: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(CoreError::config(
+            "mask_ratio",
+            format!("{ratio} is not in [0, 1)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Random token drop: each sample keeps floor(L * (1 - ratio)) distinct patch tokens, drawn
@@ -90,12 +174,7 @@ pub struct RandomTokenDrop {
 impl RandomTokenDrop {
     /// `ratio` in [0, 1): the share of patch tokens dropped.
     pub fn new(ratio: f64) -> Result<Self> {
-        if !(0.0..1.0).contains(&ratio) {
-            return Err(CoreError::config(
-                "mask_ratio",
-                format!("{ratio} is not in [0, 1)"),
-            ));
-        }
+        check_ratio(ratio)?;
         Ok(Self { ratio })
     }
 
@@ -105,7 +184,7 @@ impl RandomTokenDrop {
 
     /// Number of kept tokens for a grid of `num_tokens` (at least one).
     pub fn keep_count(&self, num_tokens: usize) -> usize {
-        ((num_tokens as f64 * (1.0 - self.ratio)).floor() as usize).clamp(1, num_tokens.max(1))
+        keep_count(self.ratio, num_tokens)
     }
 }
 
@@ -133,6 +212,59 @@ impl MaskStrategy for RandomTokenDrop {
     }
 }
 
+/// Random unit masking: each sample hides L - floor(L * (1 - ratio)) distinct units of the
+/// grid, drawn independently per sample and per step (Swin mask-token units, CNN pixel patches).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomUnitMask {
+    ratio: f64,
+}
+
+impl RandomUnitMask {
+    /// `ratio` in [0, 1): the share of units hidden.
+    pub fn new(ratio: f64) -> Result<Self> {
+        check_ratio(ratio)?;
+        Ok(Self { ratio })
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    /// Number of hidden units for a grid of `num_units`.
+    pub fn masked_count(&self, num_units: usize) -> usize {
+        num_units - keep_count(self.ratio, num_units)
+    }
+}
+
+impl MaskStrategy for RandomUnitMask {
+    fn plan(&self, batch: usize, grid: TokenGrid, rng: &mut dyn RngCore) -> Result<MaskPlan> {
+        let n = grid.len();
+        if n == 0 {
+            return Err(CoreError::config("token_grid", "empty unit grid"));
+        }
+        let masked_per_sample = self.masked_count(n);
+        let mut masked = vec![0u8; batch * n];
+        for b in 0..batch {
+            for i in sample(rng, n, masked_per_sample) {
+                masked[b * n + i] = 1;
+            }
+        }
+        Ok(MaskPlan::MaskUnits {
+            grid,
+            masked_per_sample,
+            masked,
+        })
+    }
+}
+
+/// The default strategy of a mask kind at `ratio`.
+pub fn default_strategy(kind: MaskKind, ratio: f64) -> Result<Box<dyn MaskStrategy>> {
+    Ok(match kind {
+        MaskKind::DropTokens => Box::new(RandomTokenDrop::new(ratio)?),
+        MaskKind::MaskUnits => Box::new(RandomUnitMask::new(ratio)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +284,10 @@ mod tests {
             num_tokens,
             keep_per_sample,
             ..
-        } = &p;
+        } = &p
+        else {
+            panic!("token drop gives a keep plan")
+        };
         assert_eq!((*num_tokens, *keep_per_sample), (49, 24)); // floor(49 * 0.5)
         assert_eq!(p.batch_size(), 8);
         for b in 0..8 {
@@ -190,5 +325,37 @@ mod tests {
         let t = p.keep_tensor(&Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[8, 24]);
         assert_eq!(t.get(2).unwrap().to_vec1::<u32>().unwrap(), p.kept(2));
+    }
+
+    #[test]
+    fn unit_mask_hides_the_complement_of_the_keep_count_per_sample() {
+        let s = RandomUnitMask::new(0.5).unwrap();
+        let p = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0)).unwrap();
+        assert_eq!(p.kind(), MaskKind::MaskUnits);
+        assert_eq!((p.batch_size(), p.num_units()), (6, 49));
+        let MaskPlan::MaskUnits {
+            masked_per_sample, ..
+        } = &p
+        else {
+            panic!("unit mask gives a unit plan")
+        };
+        assert_eq!(*masked_per_sample, 25); // 49 - floor(49 * 0.5)
+        let masks: Vec<&[u8]> = (0..6).map(|b| p.unit_mask(b).unwrap()).collect();
+        for m in &masks {
+            assert_eq!(m.iter().map(|&v| v as usize).sum::<usize>(), 25);
+        }
+        assert_eq!(masks.iter().collect::<HashSet<_>>().len(), 6, "fresh per sample");
+        let again = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0)).unwrap();
+        assert_eq!(p, again);
+        let next = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 1)).unwrap();
+        assert_ne!(p, next, "fresh per step");
+        assert!(p.keep_tensor(&Device::Cpu).is_err());
+        let t = p.unit_mask_tensor(&Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[6, 7, 7]);
+        let row: Vec<f32> = t.get(4).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = masks[4].iter().map(|&v| v as f32).collect();
+        assert_eq!(row, want);
+        assert_eq!(RandomUnitMask::new(0.0).unwrap().masked_count(16), 0);
+        assert!(RandomUnitMask::new(1.0).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! sub pass runs, which halves peak memory) and their gradients are summed: the same gradient
 //! as one backward of L. The caller then reduces, clips and takes ONE optimizer step.
 
-use crate::mask::{MaskPlan, MaskStrategy, RandomTokenDrop, TokenGrid};
+use crate::mask::{default_strategy, MaskKind, MaskPlan, MaskStrategy, TokenGrid};
 use crate::{CoreError, LossKind, Result};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
@@ -30,8 +30,11 @@ pub const DEFAULT_MASK_RATIO: f64 = 0.5;
 pub trait SubModelForward {
     /// Training-mode forward; `plan` is `None` for the main pass and the mask for the sub pass.
     fn forward_train(&self, x: &Tensor, plan: Option<&MaskPlan>) -> candle_core::Result<Tensor>;
-    /// The grid of maskable units (patch tokens for a ViT).
+    /// The grid of maskable units (patch tokens for a ViT, u x u token units for Swin, pixel
+    /// patches for a CNN).
     fn token_grid(&self) -> TokenGrid;
+    /// How the family masks, which picks the default strategy.
+    fn mask_kind(&self) -> MaskKind;
 }
 
 /// Losses of one step, as reported (only `loss`, the main loss, is "the" training loss).
@@ -42,33 +45,50 @@ pub struct StepLosses {
     pub total: f32,
 }
 
-/// The configured objective: sub-model kind, loss and mask strategy.
+/// The configured objective: sub-model kind, loss and mask strategies. The strategy of a step
+/// comes from the model family ([`SubModelForward::mask_kind`]) unless the user overrode it.
 #[derive(Debug)]
 pub struct SubObjective {
     sub: SubModel,
     loss: LossKind,
-    strategy: Option<Box<dyn MaskStrategy>>,
+    token_drop: Option<Box<dyn MaskStrategy>>,
+    unit_mask: Option<Box<dyn MaskStrategy>>,
+    user: Option<Box<dyn MaskStrategy>>,
 }
 
 impl SubObjective {
     pub fn new(sub: SubModel, loss: LossKind) -> Result<Self> {
-        let strategy: Option<Box<dyn MaskStrategy>> = match sub {
-            SubModel::None => None,
-            SubModel::Masking { ratio } => Some(Box::new(RandomTokenDrop::new(ratio)?)),
+        let (token_drop, unit_mask) = match sub {
+            SubModel::None => (None, None),
+            SubModel::Masking { ratio } => (
+                Some(default_strategy(MaskKind::DropTokens, ratio)?),
+                Some(default_strategy(MaskKind::MaskUnits, ratio)?),
+            ),
         };
         Ok(Self {
             sub,
             loss,
-            strategy,
+            token_drop,
+            unit_mask,
+            user: None,
         })
     }
 
     /// Replace the model family's default strategy (e.g. a user override).
     pub fn with_strategy(mut self, strategy: Box<dyn MaskStrategy>) -> Self {
         if self.sub != SubModel::None {
-            self.strategy = Some(strategy);
+            self.user = Some(strategy);
         }
         self
+    }
+
+    /// The strategy used for a model of mask kind `kind` (None for plain training).
+    pub fn strategy_for(&self, kind: MaskKind) -> Option<&dyn MaskStrategy> {
+        let family = match kind {
+            MaskKind::DropTokens => &self.token_drop,
+            MaskKind::MaskUnits => &self.unit_mask,
+        };
+        self.user.as_ref().or(family.as_ref()).map(|s| s.as_ref())
     }
 
     pub fn sub_model(&self) -> SubModel {
@@ -78,15 +98,15 @@ impl SubObjective {
         self.loss
     }
 
-    /// Draw this step's mask plan (None for plain training).
+    /// Draw this step's mask plan for a model of mask kind `kind` (None for plain training).
     pub fn plan(
         &self,
         batch: usize,
         grid: TokenGrid,
+        kind: MaskKind,
         rng: &mut dyn RngCore,
     ) -> Result<Option<MaskPlan>> {
-        self.strategy
-            .as_ref()
+        self.strategy_for(kind)
             .map(|s| s.plan(batch, grid, rng))
             .transpose()
     }
@@ -100,7 +120,7 @@ impl SubObjective {
         targets: &Tensor,
         rng: &mut dyn RngCore,
     ) -> Result<(StepLosses, GradStore)> {
-        let plan = self.plan(x.dim(0)?, model.token_grid(), rng)?;
+        let plan = self.plan(x.dim(0)?, model.token_grid(), model.mask_kind(), rng)?;
         self.step_with_plan(model, x, targets, plan.as_ref())
     }
 
@@ -172,4 +192,34 @@ pub fn check_finite(losses: &StepLosses, step: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::RandomTokenDrop;
+    use crate::rng::stream;
+
+    #[test]
+    fn strategy_follows_the_model_family_unless_overridden() {
+        let obj = SubObjective::new(SubModel::Masking { ratio: 0.5 }, LossKind::SoftCe)
+            .unwrap();
+        let grid = TokenGrid::new(4, 4);
+        for kind in [MaskKind::DropTokens, MaskKind::MaskUnits] {
+            let p = obj.plan(2, grid, kind, &mut stream(0, 1, 0)).unwrap().unwrap();
+            assert_eq!(p.kind(), kind);
+        }
+        let forced = obj.with_strategy(Box::new(RandomTokenDrop::new(0.25).unwrap()));
+        let p = forced
+            .plan(2, grid, MaskKind::MaskUnits, &mut stream(0, 1, 0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.kind(), MaskKind::DropTokens);
+        assert_eq!(p.kept(0).len(), 12);
+        let plain = SubObjective::new(SubModel::None, LossKind::SoftCe).unwrap();
+        assert!(plain
+            .plan(2, grid, MaskKind::MaskUnits, &mut stream(0, 1, 0))
+            .unwrap()
+            .is_none());
+    }
 }

@@ -5,7 +5,7 @@ use crate::registry::ModelSpec;
 use crate::{Result, Vit};
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
-use masksub_core::{MaskPlan, SubModelForward, TokenGrid};
+use masksub_core::{MaskKind, MaskPlan, SubModelForward, TokenGrid};
 
 /// What the trainer and the optimizer need to know about a network.
 pub trait ImageClassifier: Send + Sync {
@@ -18,6 +18,8 @@ pub trait ImageClassifier: Send + Sync {
     }
     /// The maskable unit grid.
     fn token_grid(&self) -> TokenGrid;
+    /// How this family masks in the sub pass (picks MaskSub's default strategy).
+    fn mask_kind(&self) -> MaskKind;
     /// Parameter names exempt from weight decay besides all 1-D parameters.
     fn no_weight_decay(&self) -> Vec<&'static str>;
     /// Layer id of a parameter for layer-wise lr decay, in 0..=num_layers().
@@ -45,6 +47,12 @@ impl ImageClassifier for Vit {
                 }
                 Some(p.keep_tensor(x.device())?)
             }
+            Some(p) => {
+                return Err(crate::ModelError::Input {
+                    got: vec![p.num_units()],
+                    reason: format!("a ViT drops tokens; it cannot take a {:?} plan", p.kind()),
+                })
+            }
         };
         Vit::forward_features(self, x, keep.as_ref(), train)
     }
@@ -53,6 +61,9 @@ impl ImageClassifier for Vit {
     }
     fn token_grid(&self) -> TokenGrid {
         self.config().grid()
+    }
+    fn mask_kind(&self) -> MaskKind {
+        MaskKind::DropTokens
     }
     fn no_weight_decay(&self) -> Vec<&'static str> {
         vec!["pos_embed", "cls_token"]
@@ -111,5 +122,8 @@ impl SubModelForward for LoadedModel {
     }
     fn token_grid(&self) -> TokenGrid {
         self.net.token_grid()
+    }
+    fn mask_kind(&self) -> MaskKind {
+        self.net.mask_kind()
     }
 }

@@ -510,7 +510,7 @@ fn check_fixture(name: &'static str) {
     report.tensor("logits_plain", &plain, fx.tensor("logits_plain"), TOL);
     let masked = model.net.forward(&x, Some(&plan), false).unwrap();
     report.tensor("logits_masked", &masked, fx.tensor("logits_masked"), TOL);
-    let MaskPlan::KeepTokens { num_tokens, .. } = plan;
+    let num_tokens = plan.num_units();
     let b = x.dim(0).unwrap();
     let all = MaskPlan::KeepTokens {
         num_tokens,
