@@ -2,7 +2,7 @@
 //! every run so a run can be resumed and reproduced exactly.
 
 use anyhow::{bail, Context, Result};
-use masksub_core::{LossKind, SubModel};
+use masksub_core::{LossKind, OptimizerKind, SubModel};
 use masksub_data::AugmentConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -38,10 +38,14 @@ pub struct TrainConfig {
     pub min_lr: f64,
     pub warmup_lr: f64,
     pub warmup_epochs: f64,
+    /// Optimizer (timm's `--opt`): `adamw` or `lamb` (LAMB clips the global gradient norm at
+    /// 1.0 itself, as timm's does).
+    pub opt: OptimizerKind,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
-    pub eps: f64,
+    /// Adam epsilon; None = the optimizer's own default (AdamW 1e-8, LAMB 1e-6, as timm).
+    pub eps: Option<f64>,
     /// Clip the summed (main + sub) gradient to this global L2 norm.
     pub clip_grad: Option<f64>,
     /// Override the model preset's drop-path rate.
@@ -72,10 +76,11 @@ impl Default for TrainConfig {
             min_lr: 1e-5,
             warmup_lr: 1e-6,
             warmup_epochs: 0.5,
+            opt: OptimizerKind::Adamw,
             weight_decay: 0.05,
             beta1: 0.9,
             beta2: 0.999,
-            eps: 1e-8,
+            eps: None,
             clip_grad: None,
             drop_path: None,
             // Flip only: at this 5-epoch budget the model under-fits, and a padded random crop

@@ -1,13 +1,13 @@
 //! One training step as a small trait the loop drives. [`MaskSubStep`] is the MaskSub step:
-//! both passes, gradient all-reduce, clipping of the summed gradient, ONE AdamW step.
+//! both passes, gradient all-reduce, clipping of the summed gradient, ONE optimizer step.
 
 use crate::collective::Collective;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 use masksub_core::rng::{purpose, seeded};
 use masksub_core::{
-    loss::smoothed_one_hot, objective::check_finite, AdamW, CosineSchedule, ParamGroup, StepLosses,
-    SubObjective,
+    loss::smoothed_one_hot, objective::check_finite, CosineSchedule, Optimizer, ParamGroup,
+    StepLosses, SubObjective,
 };
 use masksub_models::LoadedModel;
 use rand::RngCore;
@@ -55,7 +55,7 @@ pub fn param_groups(model: &LoadedModel, weight_decay: f64) -> Vec<ParamGroup> {
 pub struct MaskSubStep<'a> {
     pub model: &'a LoadedModel,
     pub objective: SubObjective,
-    pub optimizer: AdamW,
+    pub optimizer: Box<dyn Optimizer>,
     pub schedule: CosineSchedule,
     pub collective: &'a dyn Collective,
     pub clip_grad: Option<f64>,
@@ -79,7 +79,7 @@ impl<'a> MaskSubStep<'a> {
     pub fn new(
         model: &'a LoadedModel,
         objective: SubObjective,
-        optimizer: AdamW,
+        optimizer: Box<dyn Optimizer>,
         schedule: CosineSchedule,
         collective: &'a dyn Collective,
         settings: StepSettings,

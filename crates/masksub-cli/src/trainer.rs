@@ -10,10 +10,12 @@ use crate::step::{param_groups, MaskSubStep, StepSettings, TrainStep};
 use crate::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use masksub_core::{AdamW, AdamWConfig, CosineSchedule, SubObjective};
+use masksub_core::{
+    AdamW, AdamWConfig, CosineSchedule, Lamb, LambConfig, Optimizer, OptimizerKind, SubObjective,
+};
 use masksub_data::{BatchLoader, InMemoryDataset, LoaderConfig, Split};
 use masksub_models::registry;
-use masksub_models::weights::{self, LoadOptions};
+use masksub_models::weights::LoadOptions;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -149,14 +151,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     let warmup_steps = (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64;
     let schedule =
         CosineSchedule::new(cfg.lr, cfg.min_lr, cfg.warmup_lr, warmup_steps, total_steps)?;
-    let adam = AdamWConfig {
-        lr: cfg.lr,
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: cfg.eps,
-        weight_decay: cfg.weight_decay,
-    };
-    let mut optimizer = AdamW::new(param_groups(&model, cfg.weight_decay), adam)?;
+    let mut optimizer = build_optimizer(cfg, param_groups(&model, cfg.weight_decay))?;
 
     let mut state = TrainerState {
         epochs_done: 0,
@@ -172,8 +167,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
                 out.join(checkpoint::STATE_FILE).display()
             );
         }
-        weights::load_into(
-            &model.varmap,
+        model.load_state_dict(
             &ck.weights,
             &out.join(checkpoint::WEIGHTS_FILE).display().to_string(),
             &LoadOptions::default(),
@@ -302,7 +296,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         };
         if let Some(m) = metrics.as_mut() {
             m.epoch(&row)?;
-            let w = weights::state_dict(&model.varmap)?.into_iter().collect();
+            let w = model.state_dict()?.into_iter().collect();
             checkpoint::save(out, &w, &stepper.optimizer.state_tensors(), &state)?;
         }
         progress.println(&format!(
@@ -342,4 +336,34 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         )?;
     }
     Ok(summary)
+}
+
+/// The optimizer the config names, over `groups`.
+fn build_optimizer(
+    cfg: &TrainConfig,
+    groups: Vec<masksub_core::ParamGroup>,
+) -> Result<Box<dyn Optimizer>> {
+    Ok(match cfg.opt {
+        OptimizerKind::Adamw => Box::new(AdamW::new(
+            groups,
+            AdamWConfig {
+                lr: cfg.lr,
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps.unwrap_or(AdamWConfig::default().eps),
+                weight_decay: cfg.weight_decay,
+            },
+        )?),
+        OptimizerKind::Lamb => Box::new(Lamb::new(
+            groups,
+            LambConfig {
+                lr: cfg.lr,
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps.unwrap_or(LambConfig::default().eps),
+                weight_decay: cfg.weight_decay,
+                ..LambConfig::default()
+            },
+        )?),
+    })
 }

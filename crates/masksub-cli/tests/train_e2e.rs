@@ -5,7 +5,7 @@ use masksub_cli::checkpoint;
 use masksub_cli::trainer::{train, RunOptions};
 use masksub_cli::TrainConfig;
 use masksub_core::SubModel;
-use masksub_models::weights::{self, LoadOptions};
+use masksub_models::weights::LoadOptions;
 use std::path::Path;
 
 fn quick_config() -> TrainConfig {
@@ -101,13 +101,8 @@ fn checkpoint_reloads_to_identical_logits_and_matches_the_reported_accuracy() {
     let a = ck.state.spec.build(1, DType::F32, &Device::Cpu).unwrap();
     let b = ck.state.spec.build(2, DType::F32, &Device::Cpu).unwrap();
     for m in [&a, &b] {
-        weights::load_into(
-            &m.varmap,
-            &ck.weights,
-            "last.safetensors",
-            &LoadOptions::default(),
-        )
-        .unwrap();
+        m.load_state_dict(&ck.weights, "last.safetensors", &LoadOptions::default())
+            .unwrap();
     }
     let test =
         masksub_data::InMemoryDataset::from_idx_dir(&cfg.data, masksub_data::Split::Test).unwrap();

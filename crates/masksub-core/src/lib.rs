@@ -3,7 +3,7 @@
 //! - [`mask`]: mask strategies that turn (batch, token grid, seeded RNG) into per-sample plans;
 //! - [`loss`]: soft-target cross-entropy, label-smoothed CE, BCE-with-logits;
 //! - [`objective`]: the two-pass sub-model objective (main pass + masked sub pass, one backward);
-//! - [`optim`], [`schedule`], [`clip`]: AdamW with parameter groups, warmup + cosine, global-norm clipping.
+//! - [`optim`], [`schedule`], [`clip`]: AdamW and LAMB with parameter groups, warmup + cosine, global-norm clipping.
 //!
 //! Models plug in through [`objective::SubModelForward`]; nothing here knows a layer.
 
@@ -20,7 +20,7 @@ pub use error::CoreError;
 pub use loss::LossKind;
 pub use mask::{MaskKind, MaskPlan, MaskStrategy, RandomTokenDrop, RandomUnitMask, TokenGrid};
 pub use objective::{StepLosses, SubModel, SubModelForward, SubObjective};
-pub use optim::{AdamW, AdamWConfig, ParamGroup};
+pub use optim::{AdamW, AdamWConfig, Lamb, LambConfig, Optimizer, OptimizerKind, ParamGroup};
 pub use schedule::CosineSchedule;
 
 /// Result type of this crate.

@@ -330,7 +330,9 @@ mod tests {
     #[test]
     fn unit_mask_hides_the_complement_of_the_keep_count_per_sample() {
         let s = RandomUnitMask::new(0.5).unwrap();
-        let p = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0)).unwrap();
+        let p = s
+            .plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0))
+            .unwrap();
         assert_eq!(p.kind(), MaskKind::MaskUnits);
         assert_eq!((p.batch_size(), p.num_units()), (6, 49));
         let MaskPlan::MaskUnits {
@@ -344,10 +346,18 @@ mod tests {
         for m in &masks {
             assert_eq!(m.iter().map(|&v| v as usize).sum::<usize>(), 25);
         }
-        assert_eq!(masks.iter().collect::<HashSet<_>>().len(), 6, "fresh per sample");
-        let again = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0)).unwrap();
+        assert_eq!(
+            masks.iter().collect::<HashSet<_>>().len(),
+            6,
+            "fresh per sample"
+        );
+        let again = s
+            .plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 0))
+            .unwrap();
         assert_eq!(p, again);
-        let next = s.plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 1)).unwrap();
+        let next = s
+            .plan(6, TokenGrid::new(7, 7), &mut stream(3, 1, 1))
+            .unwrap();
         assert_ne!(p, next, "fresh per step");
         assert!(p.keep_tensor(&Device::Cpu).is_err());
         let t = p.unit_mask_tensor(&Device::Cpu).unwrap();

@@ -202,11 +202,13 @@ mod tests {
 
     #[test]
     fn strategy_follows_the_model_family_unless_overridden() {
-        let obj = SubObjective::new(SubModel::Masking { ratio: 0.5 }, LossKind::SoftCe)
-            .unwrap();
+        let obj = SubObjective::new(SubModel::Masking { ratio: 0.5 }, LossKind::SoftCe).unwrap();
         let grid = TokenGrid::new(4, 4);
         for kind in [MaskKind::DropTokens, MaskKind::MaskUnits] {
-            let p = obj.plan(2, grid, kind, &mut stream(0, 1, 0)).unwrap().unwrap();
+            let p = obj
+                .plan(2, grid, kind, &mut stream(0, 1, 0))
+                .unwrap()
+                .unwrap();
             assert_eq!(p.kind(), kind);
         }
         let forced = obj.with_strategy(Box::new(RandomTokenDrop::new(0.25).unwrap()));

@@ -6,6 +6,7 @@
 //! - [`weights`]: strict state-dict loading and saving; [`init`]: seeded initialisation;
 //! - [`ops`]: differentiable LayerNorm / GELU / softmax with fused CPU kernels.
 
+pub mod arch;
 pub mod error;
 pub mod init;
 pub mod layers;
@@ -15,6 +16,7 @@ pub mod registry;
 pub mod vit;
 pub mod weights;
 
+pub use arch::ArchConfig;
 pub use error::ModelError;
 pub use model::{ImageClassifier, LoadedModel};
 pub use registry::{ModelArch, ModelSpec};

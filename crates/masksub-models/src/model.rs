@@ -85,7 +85,10 @@ impl ImageClassifier for Vit {
 /// A network with its parameters (names = timm keys) and the spec it was built from.
 pub struct LoadedModel {
     pub spec: ModelSpec,
+    /// Trainable parameters (what the optimizer sees).
     pub varmap: VarMap,
+    /// Non-trainable state saved with the weights (BatchNorm running statistics), timm keys too.
+    pub buffers: VarMap,
     pub net: Box<dyn ImageClassifier>,
 }
 
@@ -106,6 +109,24 @@ impl LoadedModel {
     /// Whether `name` (of a parameter of rank `rank`) is decayed: not 1-D, not in no_weight_decay.
     pub fn decays(&self, name: &str, rank: usize) -> bool {
         rank > 1 && !self.net.no_weight_decay().contains(&name)
+    }
+
+    /// Parameters and buffers by timm key: what a checkpoint holds.
+    pub fn state_dict(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let mut sd = crate::weights::state_dict(&self.varmap)?;
+        sd.extend(crate::weights::state_dict(&self.buffers)?);
+        Ok(sd)
+    }
+
+    /// Strictly load a state dict (parameters and buffers); errors name `source_name` and
+    /// every missing, unexpected or mis-shaped key.
+    pub fn load_state_dict(
+        &self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        source_name: &str,
+        opts: &crate::weights::LoadOptions,
+    ) -> Result<()> {
+        crate::weights::load_into_all(&[&self.varmap, &self.buffers], tensors, source_name, opts)
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

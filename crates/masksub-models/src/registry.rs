@@ -1,9 +1,10 @@
 //! One registry of model names (timm's where the architecture exists in timm) with their
 //! architecture config and preprocessing.
 
+use crate::arch::ArchConfig;
 use crate::init::SeededInit;
 use crate::model::LoadedModel;
-use crate::{ModelError, Result, Vit, VitConfig};
+use crate::{ModelError, Result, VitConfig};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,20 @@ pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ModelArch {
     Vit(VitConfig),
+}
+
+impl ModelArch {
+    /// The family's config behind the common interface.
+    pub fn config(&self) -> &dyn ArchConfig {
+        match self {
+            ModelArch::Vit(c) => c,
+        }
+    }
+    pub fn config_mut(&mut self) -> &mut dyn ArchConfig {
+        match self {
+            ModelArch::Vit(c) => c,
+        }
+    }
 }
 
 /// A registered model: name, architecture, and the preprocessing it expects.
@@ -121,26 +136,17 @@ pub fn lookup(name: &str) -> Result<ModelSpec> {
 
 impl ModelSpec {
     pub fn num_classes(&self) -> usize {
-        match &self.arch {
-            ModelArch::Vit(c) => c.num_classes,
-        }
+        self.arch.config().num_classes()
     }
 
     /// (channels, height, width) the model takes.
     pub fn input_shape(&self) -> (usize, usize, usize) {
-        match &self.arch {
-            ModelArch::Vit(c) => (c.in_chans, c.img_size, c.img_size),
-        }
+        self.arch.config().input_shape()
     }
 
     /// Adapt the classifier to a dataset's number of classes and channels.
     pub fn with_data(mut self, num_classes: usize, in_chans: usize) -> Self {
-        match &mut self.arch {
-            ModelArch::Vit(c) => {
-                c.num_classes = num_classes;
-                c.in_chans = in_chans;
-            }
-        }
+        self.arch.config_mut().set_data(num_classes, in_chans);
         self
     }
 
@@ -169,29 +175,25 @@ impl ModelSpec {
             }
         }
         self.arch = serde_json::from_value(v).map_err(bad)?;
-        match &self.arch {
-            ModelArch::Vit(c) => c.validate()?,
-        }
+        self.arch.config().validate()?;
         Ok(self)
     }
 
     pub fn with_drop_path(mut self, rate: f64) -> Self {
-        match &mut self.arch {
-            ModelArch::Vit(c) => c.drop_path_rate = rate,
-        }
+        self.arch.config_mut().set_drop_path(rate);
         self
     }
 
     /// Build with freshly initialised parameters drawn from `seed`.
     pub fn build(&self, seed: u64, dtype: DType, device: &Device) -> Result<LoadedModel> {
         let varmap = VarMap::new();
+        let buffers = VarMap::new();
         let vb = SeededInit::var_builder(&varmap, seed, dtype, device);
-        let net: Box<dyn crate::ImageClassifier> = match &self.arch {
-            ModelArch::Vit(c) => Box::new(Vit::new(c, vb, seed ^ 0x5eed_d509)?),
-        };
+        let net = self.arch.config().build(vb, &buffers, seed ^ 0x5eed_d509)?;
         Ok(LoadedModel {
             spec: self.clone(),
             varmap,
+            buffers,
             net,
         })
     }
@@ -206,9 +208,7 @@ mod tests {
         for n in names() {
             let s = lookup(n).unwrap();
             assert_eq!(s.name, n);
-            match &s.arch {
-                ModelArch::Vit(c) => c.validate().unwrap(),
-            }
+            s.arch.config().validate().unwrap();
             assert_eq!(s.mean.len(), s.input_shape().0);
         }
     }

@@ -27,10 +27,25 @@ pub fn load_into(
     source_name: &str,
     opts: &LoadOptions,
 ) -> Result<()> {
-    let map = varmap
-        .data()
-        .lock()
-        .map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
+    load_into_all(&[varmap], tensors, source_name, opts)
+}
+
+/// [`load_into`] over several maps at once (parameters and buffers): a key is expected when any
+/// map holds it, so the strict report covers the whole state dict.
+pub fn load_into_all(
+    varmaps: &[&VarMap],
+    tensors: &HashMap<String, Tensor>,
+    source_name: &str,
+    opts: &LoadOptions,
+) -> Result<()> {
+    let mut map: HashMap<String, candle_core::Var> = HashMap::new();
+    for vm in varmaps {
+        let m = vm
+            .data()
+            .lock()
+            .map_err(|_| ModelError::config("varmap", "poisoned lock"))?;
+        map.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let mut missing: Vec<String> = map
         .keys()
         .filter(|k| !tensors.contains_key(*k) && !matches_any(k, &opts.allow_missing))

@@ -15,7 +15,9 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use masksub_core::clip::clip_grad_norm;
-use masksub_core::{AdamW, AdamWConfig, LossKind, MaskPlan, ParamGroup, SubModel, SubObjective};
+use masksub_core::{
+    AdamW, AdamWConfig, LossKind, MaskPlan, Optimizer, ParamGroup, SubModel, SubObjective,
+};
 use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
 use masksub_models::weights::{load_into, read_safetensors, LoadOptions};
 use masksub_models::{GlobalPool, LoadedModel, ModelArch, ModelSpec, VitConfig};

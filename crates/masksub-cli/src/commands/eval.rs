@@ -57,8 +57,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let model = spec.build(0, DType::F32, &device)?;
     let tensors = weights::read_safetensors(&args.checkpoint)?;
-    weights::load_into(
-        &model.varmap,
+    model.load_state_dict(
         &tensors,
         &args.checkpoint.display().to_string(),
         &LoadOptions::default(),

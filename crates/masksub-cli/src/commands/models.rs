@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use masksub_models::registry::{self, ModelArch};
+use masksub_models::registry;
 
 #[derive(Args, Debug)]
 pub struct ModelsArgs {
@@ -17,12 +17,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         }
         let spec = registry::lookup(name)?;
         let (c, h, w) = spec.input_shape();
-        let arch = match &spec.arch {
-            ModelArch::Vit(v) => format!(
-                "ViT d{} x{} h{} /{}",
-                v.embed_dim, v.depth, v.num_heads, v.patch_size
-            ),
-        };
+        let arch = spec.arch.config().describe();
         println!(
             "{name:<28} {arch:<22} input {c}x{h}x{w}  classes {}  crop_pct {}",
             spec.num_classes(),

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use masksub_cli::device::{parse_device, set_threads};
 use masksub_cli::trainer::{train, RunOptions};
 use masksub_cli::TrainConfig;
-use masksub_core::SubModel;
+use masksub_core::{OptimizerKind, SubModel};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -14,6 +14,14 @@ pub enum SubKind {
     None,
     /// MaskSub: a sub pass on the masked batch.
     Masking,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OptKind {
+    /// AdamW (decoupled weight decay).
+    Adamw,
+    /// LAMB (layer-wise trust ratio, global clip at 1.0), as DeiT-III and RSB use.
+    Lamb,
 }
 
 #[derive(Args, Debug)]
@@ -41,6 +49,9 @@ pub struct TrainArgs {
     /// Peak learning rate
     #[arg(long)]
     lr: Option<f64>,
+    /// Optimizer [default: adamw]
+    #[arg(long, value_enum)]
+    opt: Option<OptKind>,
     #[arg(long)]
     weight_decay: Option<f64>,
     #[arg(long)]
@@ -86,6 +97,7 @@ impl TrainArgs {
             || self.batch_size.is_some()
             || self.lr.is_some()
             || self.weight_decay.is_some()
+            || self.opt.is_some()
             || self.warmup_epochs.is_some()
             || self.smoothing.is_some()
             || self.clip_grad.is_some()
@@ -109,6 +121,12 @@ impl TrainArgs {
             smoothing,
             seed
         );
+        if let Some(o) = self.opt {
+            cfg.opt = match o {
+                OptKind::Adamw => OptimizerKind::Adamw,
+                OptKind::Lamb => OptimizerKind::Lamb,
+            };
+        }
         if self.clip_grad.is_some() {
             cfg.clip_grad = self.clip_grad;
         }

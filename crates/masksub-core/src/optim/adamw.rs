@@ -1,9 +1,9 @@
-//! AdamW with parameter groups (decoupled weight decay, PyTorch's update order), with its state
-//! exposed as named tensors so checkpoints can carry it.
+//! AdamW with parameter groups (decoupled weight decay, PyTorch's update order).
 
-use crate::{CoreError, Result};
+use super::{Group, Optimizer, ParamGroup};
+use crate::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -32,42 +32,8 @@ impl Default for AdamWConfig {
 
 impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
-        let checks: [(&'static str, f64, bool); 5] = [
-            ("lr", self.lr, self.lr >= 0.0),
-            ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1)),
-            ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2)),
-            ("eps", self.eps, self.eps > 0.0),
-            ("weight_decay", self.weight_decay, self.weight_decay >= 0.0),
-        ];
-        for (field, v, ok) in checks {
-            if !ok || !v.is_finite() {
-                return Err(CoreError::config(field, format!("{v} is out of range")));
-            }
-        }
-        Ok(())
+        super::validate_adam_like(self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
     }
-}
-
-/// A set of named parameters sharing weight decay and an lr multiplier (layer-wise decay).
-#[derive(Debug, Clone)]
-pub struct ParamGroup {
-    pub name: String,
-    pub params: Vec<(String, Var)>,
-    pub weight_decay: f64,
-    pub lr_scale: f64,
-}
-
-struct Slot {
-    name: String,
-    var: Var,
-    m: Tensor,
-    v: Tensor,
-}
-
-struct Group {
-    slots: Vec<Slot>,
-    weight_decay: f64,
-    lr_scale: f64,
 }
 
 /// AdamW as torch.optim.AdamW computes it:
@@ -82,45 +48,27 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self> {
         cfg.validate()?;
-        let groups = groups
-            .into_iter()
-            .map(|g| {
-                let slots = g
-                    .params
-                    .into_iter()
-                    .map(|(name, var)| {
-                        let m = var.zeros_like()?;
-                        let v = var.zeros_like()?;
-                        Ok(Slot { name, var, m, v })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Group {
-                    slots,
-                    weight_decay: g.weight_decay,
-                    lr_scale: g.lr_scale,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let groups = Group::build_all(groups)?;
         Ok(Self {
             cfg,
             groups,
             step: 0,
         })
     }
+}
 
-    pub fn lr(&self) -> f64 {
+impl Optimizer for AdamW {
+    fn lr(&self) -> f64 {
         self.cfg.lr
     }
-    pub fn set_lr(&mut self, lr: f64) {
+    fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }
-    /// Number of optimizer steps taken (PyTorch's `state['step']`).
-    pub fn step_count(&self) -> u64 {
+    fn step_count(&self) -> u64 {
         self.step
     }
 
-    /// One update of every parameter that has a gradient in `grads`.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -149,35 +97,12 @@ impl AdamW {
         Ok(())
     }
 
-    /// Moments as named tensors: `m.<param>` and `v.<param>`.
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
-        let mut out = HashMap::new();
-        for s in self.groups.iter().flat_map(|g| &g.slots) {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
-        }
-        out
+    fn state_tensors(&self) -> HashMap<String, Tensor> {
+        super::moments_to_tensors(&self.groups)
     }
 
-    /// Restore moments and the step count saved by [`Self::state_tensors`]; every parameter must
-    /// be present with its shape.
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
-        for s in self.groups.iter_mut().flat_map(|g| &mut g.slots) {
-            for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
-                let key = format!("{prefix}.{}", s.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| CoreError::OptimizerState(format!("missing `{key}`")))?;
-                if t.dims() != s.var.dims() {
-                    return Err(CoreError::OptimizerState(format!(
-                        "`{key}` has shape {:?}, parameter has {:?}",
-                        t.dims(),
-                        s.var.dims()
-                    )));
-                }
-                *slot = t.to_device(s.var.device())?.to_dtype(s.var.dtype())?;
-            }
-        }
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        super::moments_from_tensors(&mut self.groups, tensors)?;
         self.step = step;
         Ok(())
     }
@@ -186,7 +111,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     #[test]
     fn two_steps_match_hand_computed_torch_adamw() {
