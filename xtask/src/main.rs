@@ -3,6 +3,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod common;
+mod scaling;
 mod sub_cost;
 
 #[derive(Parser)]
@@ -17,10 +19,14 @@ enum Command {
     /// Measure training img/s of plain vs MaskSub steps (same model, same data) and write the
     /// "MaskSub step cost" section of BENCHMARKS.md.
     SubCost(sub_cost::Args),
+    /// Measure data-parallel img/s at 1 and 2 MPI ranks and the all-reduce share of a step,
+    /// and write the "Data-parallel scaling" section of BENCHMARKS.md (needs Open MPI).
+    Scaling(scaling::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::SubCost(a) => sub_cost::run(a),
+        Command::Scaling(a) => scaling::run(a),
     }
 }

@@ -77,6 +77,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint (uses its config.json)
     #[arg(long, conflicts_with_all = ["config", "out"])]
     resume: Option<PathBuf>,
+    /// End this invocation after N more epochs (a time-boxed job); `--resume` continues it
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
     /// cpu, cuda[:N] or metal[:N]
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -186,7 +189,7 @@ fn run_on(
     let (cfg, out, resume) = match &args.resume {
         Some(dir) => {
             if args.overrides_recipe() {
-                bail!("--resume continues {} with its saved config.json; only --epochs, --device and --threads may be given with it", dir.display());
+                bail!("--resume continues {} with its saved config.json; only --epochs, --stop-after-epochs, --device, --threads and --quiet may be given with it", dir.display());
             }
             let mut cfg = TrainConfig::load(&dir.join("config.json"))?;
             if let Some(e) = args.epochs {
@@ -214,6 +217,7 @@ fn run_on(
         resume,
         progress: !args.quiet,
         collective,
+        max_epochs_this_run: args.stop_after_epochs,
         ..RunOptions::new(out, device)
     };
     let summary = train(&cfg, opts)?;
