@@ -1,6 +1,7 @@
 //! The composition layer of masksub: the training loop and everything around it (checkpoints,
 //! metrics, progress, collectives), reusable by the `masksub` binary and by `xtask`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

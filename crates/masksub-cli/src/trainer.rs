@@ -254,7 +254,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             let batch = batch?;
             let b = batch.indices.len();
             let o = stepper.step(&batch.images, &batch.labels, state.step)?;
-            comm_total += o.comm_seconds;
+            comm_total += o.times.comm;
             state.step += 1;
             n_steps += 1;
             imgs += b;
@@ -362,7 +362,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 }
 
 /// The optimizer the config names, over `groups`.
-fn build_optimizer(
+pub(crate) fn build_optimizer(
     cfg: &TrainConfig,
     groups: Vec<masksub_core::ParamGroup>,
 ) -> Result<Box<dyn Optimizer>> {

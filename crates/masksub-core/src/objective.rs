@@ -151,11 +151,27 @@ impl SubObjective {
         targets: &Tensor,
         plan: Option<&MaskPlan>,
     ) -> Result<(StepLosses, GradStore)> {
+        self.step_observed(model, x, targets, plan, &mut |_| Ok(()))
+    }
+
+    /// [`Self::step_with_plan`], calling `on_phase` as each [`Phase`] ends (so a benchmark can
+    /// time the main and sub passes' forward and backward apart; on an asynchronous device the
+    /// callback synchronizes).
+    pub fn step_observed(
+        &self,
+        model: &dyn SubModelForward,
+        x: &Tensor,
+        targets: &Tensor,
+        plan: Option<&MaskPlan>,
+        on_phase: &mut dyn FnMut(Phase) -> candle_core::Result<()>,
+    ) -> Result<(StepLosses, GradStore)> {
         let z = model.forward_train(x, None)?;
         let main = self.loss.loss(&z, targets)?;
         let main_v = main.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        on_phase(Phase::MainForward)?;
         let Some(plan) = plan else {
             let grads = main.backward()?;
+            on_phase(Phase::MainBackward)?;
             return Ok((
                 StepLosses {
                     loss: main_v,
@@ -168,12 +184,15 @@ impl SubObjective {
         // sg(s(z)): the teacher is a constant for the sub pass.
         let teacher = self.loss.teacher(&z.detach())?;
         let mut grads = (main * 0.5)?.backward()?;
+        on_phase(Phase::MainBackward)?;
         drop(z);
         let zs = model.forward_train(x, Some(plan))?;
         let sub = self.loss.loss(&zs, &teacher)?;
         let sub_v = sub.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        on_phase(Phase::SubForward)?;
         let sub_grads = (sub * 0.5)?.backward()?;
         add_grads(&mut grads, sub_grads)?;
+        on_phase(Phase::SubBackward)?;
         let losses = StepLosses {
             loss: main_v,
             sub_loss: Some(sub_v),
@@ -181,6 +200,18 @@ impl SubObjective {
         };
         Ok((losses, grads))
     }
+}
+
+/// The parts of a step, in order; [`SubObjective::step_observed`] reports each as it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Main pass forward and its loss.
+    MainForward,
+    MainBackward,
+    /// Sub pass forward on the masked batch and its loss against the teacher.
+    SubForward,
+    /// Sub pass backward, and its gradients added to the main pass's.
+    SubBackward,
 }
 
 /// grads += other, parameter by parameter (a parameter may appear in only one of them).
@@ -218,6 +249,102 @@ mod tests {
     use super::*;
     use crate::mask::RandomTokenDrop;
     use crate::rng::stream;
+
+    /// z = x·w on the plain pass, (x/2)·w on the masked one: enough to check the objective's
+    /// bookkeeping against gradients computed by hand.
+    struct Linear(candle_core::Var);
+    impl SubModelForward for Linear {
+        fn forward_train(
+            &self,
+            x: &Tensor,
+            plan: Option<&MaskPlan>,
+        ) -> candle_core::Result<Tensor> {
+            let x = if plan.is_some() {
+                (x * 0.5)?
+            } else {
+                x.clone()
+            };
+            x.matmul(self.0.as_tensor())
+        }
+        fn token_grid(&self) -> TokenGrid {
+            TokenGrid::new(2, 2)
+        }
+        fn mask_kind(&self) -> MaskKind {
+            MaskKind::DropTokens
+        }
+    }
+
+    #[test]
+    fn phases_are_reported_in_order_and_gradients_are_half_main_plus_half_sub() {
+        let dev = candle_core::Device::Cpu;
+        let w = candle_core::Var::from_tensor(
+            &Tensor::arange(0f32, 12.0, &dev)
+                .unwrap()
+                .reshape((4, 3))
+                .unwrap()
+                .affine(0.1, -0.5)
+                .unwrap(),
+        )
+        .unwrap();
+        let x = Tensor::arange(0f32, 8.0, &dev)
+            .unwrap()
+            .reshape((2, 4))
+            .unwrap()
+            .affine(0.3, -1.0)
+            .unwrap();
+        let t = Tensor::new(&[[1f32, 0.0, 0.0], [0.0, 0.5, 0.5]], &dev).unwrap();
+        let model = Linear(w.clone());
+        let obj = SubObjective::new(SubModel::Masking { ratio: 0.5 }, LossKind::SoftCe).unwrap();
+        let plan = obj
+            .plan(
+                2,
+                model.token_grid(),
+                MaskKind::DropTokens,
+                &mut stream(1, 2, 3),
+            )
+            .unwrap();
+        let mut seen = Vec::new();
+        let (losses, grads) = obj
+            .step_observed(&model, &x, &t, plan.as_ref(), &mut |p| {
+                seen.push(p);
+                Ok(())
+            })
+            .unwrap();
+        use Phase::*;
+        assert_eq!(seen, [MainForward, MainBackward, SubForward, SubBackward]);
+
+        // By hand: 0.5 * CE(xw, t) + 0.5 * CE((x/2)w, sg(softmax(xw))).
+        let z = x.matmul(w.as_tensor()).unwrap();
+        let teacher = LossKind::SoftCe.teacher(&z.detach()).unwrap();
+        let main = LossKind::SoftCe.loss(&z, &t).unwrap();
+        let zs = (&x * 0.5).unwrap().matmul(w.as_tensor()).unwrap();
+        let sub = LossKind::SoftCe.loss(&zs, &teacher).unwrap();
+        let total = ((&main * 0.5).unwrap() + (&sub * 0.5).unwrap()).unwrap();
+        let want = total.backward().unwrap();
+        let diff = (grads.get(w.as_tensor()).unwrap() - want.get(w.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "gradient differs by {diff}");
+        let main_v = main.to_scalar::<f32>().unwrap();
+        assert!((losses.loss - main_v).abs() < 1e-6);
+        assert!((losses.sub_loss.unwrap() - sub.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+
+        let plain = SubObjective::new(SubModel::None, LossKind::SoftCe).unwrap();
+        seen.clear();
+        let (l, _) = plain
+            .step_observed(&model, &x, &t, None, &mut |p| {
+                seen.push(p);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, [MainForward, MainBackward]);
+        assert_eq!(l.sub_loss, None);
+    }
 
     #[test]
     fn per_sample_plans_do_not_depend_on_how_the_batch_is_split() {

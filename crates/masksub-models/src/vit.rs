@@ -136,6 +136,25 @@ impl VitConfig {
         }
     }
 
+    /// Forward FLOPs of one image (2 per multiply-add; matrix products only, which is all
+    /// but a few percent): patch embedding on every patch, then the blocks on the cls token
+    /// plus the patch tokens kept — floor(L·(1−r)) in the sub pass, as the token drop keeps.
+    pub fn forward_flops(&self, mask_ratio: Option<f64>) -> f64 {
+        let l = self.grid().len() as f64;
+        let kept = match mask_ratio {
+            Some(r) => (l * (1.0 - r)).floor(),
+            None => l,
+        };
+        let (n, d) = (kept + 1.0, self.embed_dim as f64);
+        let hidden = (d * self.mlp_ratio).floor();
+        let per_block = n * d * 3.0 * d   // qkv
+            + 2.0 * n * n * d             // q·kᵀ and attn·v over all heads
+            + n * d * d                   // proj
+            + 2.0 * n * d * hidden; // fc1 + fc2
+        let patch = (self.in_chans * self.patch_size * self.patch_size) as f64;
+        2.0 * (l * patch * d + self.depth as f64 * per_block + d * self.num_classes as f64)
+    }
+
     pub fn grid(&self) -> TokenGrid {
         let g = self.img_size / self.patch_size.max(1);
         TokenGrid::new(g, g)
@@ -526,6 +545,21 @@ mod tests {
     use crate::init::SeededInit;
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    #[test]
+    fn flop_count_matches_timms_published_macs_and_shrinks_with_the_token_drop() {
+        // timm's model card: vit_small_patch16_224 4.6 GMACs, vit_base_patch16_224 17.6 GMACs.
+        for (cfg, gmacs) in [
+            (VitConfig::deit3_small_patch16_224(), 4.6),
+            (VitConfig::deit3_base_patch16_224(), 17.6),
+        ] {
+            let got = cfg.forward_flops(None) / 2e9;
+            assert!((got - gmacs).abs() / gmacs < 0.01, "{got} GMACs vs {gmacs}");
+            // r = 0.5 keeps 98 of 196 patches: the blocks run on 99 tokens instead of 197.
+            let ratio = cfg.forward_flops(Some(0.5)) / cfg.forward_flops(None);
+            assert!((0.45..0.52).contains(&ratio), "sub/plain FLOPs {ratio}");
+        }
+    }
 
     fn model(drop_path_rate: f64) -> Vit {
         let cfg = VitConfig {
