@@ -175,14 +175,12 @@ pub fn bench_train(
     let med = |f: fn(&StepTimes) -> f64| 1e3 * median(&times.iter().map(f).collect::<Vec<_>>());
     let ms_per_step = 1e3 * median(&walls);
     let arch = spec.arch.config();
-    let sub_ratio = match cfg.sub {
-        SubModel::Masking { ratio } => Some(ratio),
-        SubModel::None => None,
-    };
     let step_gflop = arch.forward_flops(None).and_then(|plain| {
-        let sub = match sub_ratio {
-            Some(r) => arch.forward_flops(Some(r))?,
-            None => 0.0,
+        let sub = match cfg.sub {
+            SubModel::Masking { ratio } => arch.forward_flops(Some(ratio))?,
+            // DropSub / PathSub run the whole network again (drop-path saves no work here).
+            SubModel::Dropout { .. } | SubModel::DropPath { .. } => plain,
+            SubModel::None => 0.0,
         };
         Some(3.0 * (plain + sub) * b.batch_size as f64 / 1e9)
     });

@@ -23,6 +23,8 @@ pub enum BenchCommand {
 pub enum BenchSub {
     None,
     Masking,
+    Dropout,
+    Droppath,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -40,7 +42,8 @@ pub struct BenchArgs {
     batch_size: usize,
     #[arg(long, value_enum, default_value = "masking")]
     sub: BenchSub,
-    #[arg(long, default_value_t = DEFAULT_MASK_RATIO)]
+    /// The sub pass's rate: mask ratio, or the dropout / drop-path rate
+    #[arg(long, alias = "sub-ratio", default_value_t = DEFAULT_MASK_RATIO)]
     mask_ratio: f64,
     /// Untimed steps first
     #[arg(long, default_value_t = 3)]
@@ -74,6 +77,12 @@ fn setup(a: &BenchArgs) -> Result<(TrainConfig, BenchSettings, DType, candle_cor
     cfg.sub = match a.sub {
         BenchSub::None => SubModel::None,
         BenchSub::Masking => SubModel::Masking {
+            ratio: a.mask_ratio,
+        },
+        BenchSub::Dropout => SubModel::Dropout {
+            ratio: a.mask_ratio,
+        },
+        BenchSub::Droppath => SubModel::DropPath {
             ratio: a.mask_ratio,
         },
     };

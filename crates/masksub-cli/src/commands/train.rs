@@ -15,6 +15,10 @@ pub enum SubKind {
     None,
     /// MaskSub: a sub pass on the masked batch.
     Masking,
+    /// DropSub: a sub pass with dropout at the sub ratio.
+    Dropout,
+    /// PathSub: a sub pass with drop-path at the sub ratio.
+    Droppath,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -39,8 +43,9 @@ pub struct TrainArgs {
     /// Sub-model [default: masking]
     #[arg(long, value_enum)]
     sub: Option<SubKind>,
-    /// Share of patch tokens the sub pass drops [default: 0.5]
-    #[arg(long)]
+    /// The sub pass's rate: share of the input masked, or the dropout / drop-path rate
+    /// [default: 0.5]
+    #[arg(long, alias = "sub-ratio")]
     mask_ratio: Option<f64>,
     #[arg(long)]
     epochs: Option<usize>,
@@ -140,19 +145,26 @@ impl TrainArgs {
         if self.train_subset.is_some() {
             cfg.train_subset = self.train_subset;
         }
-        let ratio = self.mask_ratio.or(match cfg.sub {
-            SubModel::Masking { ratio } => Some(ratio),
-            SubModel::None => None,
-        });
+        let ratio = self.mask_ratio.or(cfg.sub.ratio());
         cfg.sub = match (self.sub, ratio) {
             (Some(SubKind::None), Some(_)) if self.mask_ratio.is_some() => {
-                bail!("--mask-ratio needs --sub masking")
+                bail!("--mask-ratio needs a sub-model (--sub masking|dropout|droppath)")
             }
             (Some(SubKind::None), _) => SubModel::None,
-            (Some(SubKind::Masking), r) => SubModel::Masking {
-                ratio: r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO),
+            (Some(kind), r) => {
+                let ratio = r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO);
+                match kind {
+                    SubKind::Masking => SubModel::Masking { ratio },
+                    SubKind::Dropout => SubModel::Dropout { ratio },
+                    SubKind::Droppath => SubModel::DropPath { ratio },
+                    SubKind::None => SubModel::None,
+                }
+            }
+            (None, Some(r)) if self.mask_ratio.is_some() => match cfg.sub {
+                SubModel::None | SubModel::Masking { .. } => SubModel::Masking { ratio: r },
+                SubModel::Dropout { .. } => SubModel::Dropout { ratio: r },
+                SubModel::DropPath { .. } => SubModel::DropPath { ratio: r },
             },
-            (None, Some(r)) if self.mask_ratio.is_some() => SubModel::Masking { ratio: r },
             (None, _) => cfg.sub,
         };
         cfg.validate()?;
