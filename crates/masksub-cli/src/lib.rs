@@ -8,6 +8,7 @@ pub mod device;
 pub mod eval;
 pub mod metrics;
 pub mod progress;
+pub mod recipe;
 pub mod step;
 pub mod trainer;
 

@@ -27,6 +27,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// List the registered models.
     Models(commands::models::ModelsArgs),
+    /// List the shipped training recipes (`train --recipe NAME`).
+    Recipes(commands::recipes::RecipesArgs),
     /// Measure training-step or inference throughput.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -53,6 +55,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::Models(a) => commands::models::run(a),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Recipes(a) => commands::recipes::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

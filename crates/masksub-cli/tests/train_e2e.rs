@@ -318,7 +318,9 @@ fn dropsub_and_pathsub_train_with_a_sub_loss_and_differ_from_each_other() {
         let steps = jsonl(&out, "step");
         assert_eq!(steps.len(), 8);
         assert!(
-            steps.iter().all(|r| r["sub_loss"].as_f64().is_some_and(f64::is_finite)),
+            steps
+                .iter()
+                .all(|r| r["sub_loss"].as_f64().is_some_and(f64::is_finite)),
             "{name} reports a sub loss every step"
         );
         assert!(s.final_train_loss < steps[0]["loss"].as_f64().unwrap());

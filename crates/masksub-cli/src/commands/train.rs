@@ -31,9 +31,12 @@ pub enum OptKind {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Start from this JSON config (e.g. a run's config.json) instead of the defaults.
-    #[arg(long)]
+    /// Start from this config file (a run's config.json, or a TOML recipe) instead of the defaults.
+    #[arg(long, conflicts_with = "recipe")]
     config: Option<PathBuf>,
+    /// Start from a shipped recipe (`masksub recipes` lists them); flags override its fields.
+    #[arg(long)]
+    recipe: Option<String>,
     /// Folder with IDX files [default: the embedded Fashion-MNIST]
     #[arg(long)]
     data: Option<PathBuf>,
@@ -80,7 +83,7 @@ pub struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint (uses its config.json)
-    #[arg(long, conflicts_with_all = ["config", "out"])]
+    #[arg(long, conflicts_with_all = ["config", "recipe", "out"])]
     resume: Option<PathBuf>,
     /// End this invocation after N more epochs (a time-boxed job); `--resume` continues it
     #[arg(long)]
@@ -211,9 +214,10 @@ fn run_on(
             (cfg, dir.clone(), true)
         }
         None => {
-            let base = match &args.config {
-                Some(p) => TrainConfig::load(p)?,
-                None => TrainConfig::default(),
+            let base = match (&args.config, &args.recipe) {
+                (Some(p), _) => masksub_cli::recipe::from_file(p)?,
+                (None, Some(name)) => masksub_cli::recipe::by_name(name)?,
+                (None, None) => TrainConfig::default(),
             };
             let out = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
