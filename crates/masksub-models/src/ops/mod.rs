@@ -8,11 +8,13 @@
 mod fast_math;
 mod gelu;
 mod layer_norm;
+mod permute_tokens;
 mod rowwise;
 mod softmax;
 
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use permute_tokens::TokenPermutation;
 pub use rowwise::{add_rows, mul_rows};
 pub use softmax::{softmax_last_dim, softmax_scaled};
 
