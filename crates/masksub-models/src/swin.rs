@@ -2,8 +2,9 @@
 //! `layers.N.downsample` (patch merging) comes BEFORE the blocks of stage N, stage 0 has none).
 //!
 //! Tokens stay (B, H*W, C) row-major, the memory of timm's NHWC. Cyclic shift + window partition
-//! is one token gather ([`TokenPermutation`]) and its reverse the inverse gather; the relative
-//! position bias and the shift mask are added to the scores with one fused row-broadcast add.
+//! is one token gather ([`TokenPermutation`]) and its reverse the inverse gather; attention with
+//! the relative position bias and the shift mask is one fused op over all windows
+//! ([`ops::window_attention`]) whose scores never leave the cache.
 //!
 //! MaskSub's sub pass replaces random u x u units of stage-1 tokens by a learnable `mask_token`
 //! (1, 1, C) right after `patch_embed` (conv + norm), as SimMIM does; the input size and the
@@ -69,7 +70,8 @@ impl WindowAttention {
         })
     }
 
-    /// Bias added to the scores: (nH, N, N), or (nW, nH, N, N) with the shift mask.
+    /// Bias added to the scores of window w: (G, nH, N, N), G = num_windows with the shift mask
+    /// (bias[w % G]), else 1.
     fn bias(&self) -> candle_core::Result<Tensor> {
         let n = self.window_area;
         let rel = self
@@ -77,39 +79,17 @@ impl WindowAttention {
             .index_select(&self.relative_position_index, 0)?
             .reshape((n, n, self.num_heads))?
             .permute((2, 0, 1))?
-            .contiguous()?;
+            .unsqueeze(0)?;
         match &self.shift_mask {
-            Some(m) => m.broadcast_add(&rel.unsqueeze(0)?),
-            None => Ok(rel),
+            Some(m) => m.broadcast_add(&rel),
+            None => rel.contiguous(),
         }
     }
 
-    /// (B * nW, N, C) windows -> same shape.
+    /// (B * nW, N, C) windows -> same shape; windows are image-major, as timm's partition.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (bw, n, c) = x.dims3()?;
-        let hd = c / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((bw, n, 3, self.num_heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        // timm scales q before the product (then adds the bias): same order here.
-        let q = qkv.get(0)?.affine(self.scale, 0.0)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let bias = self.bias()?;
-        let scores = match &self.shift_mask {
-            // (B, nW, nH, N, N) + (nW, nH, N, N): nW windows per image, image-major.
-            Some(m) => {
-                let nw = m.dim(0)?;
-                ops::add_rows(&scores.reshape((bw / nw, nw, self.num_heads, n, n))?, &bias)?
-                    .reshape((bw, self.num_heads, n, n))?
-            }
-            None => ops::add_rows(&scores, &bias)?,
-        };
-        let attn = ops::softmax_last_dim(&scores)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?;
+        let qkv = self.qkv.forward(x)?;
+        let out = ops::window_attention(&qkv, &self.bias()?, self.num_heads, self.scale)?;
         self.proj.forward(&out)
     }
 }

@@ -5,6 +5,7 @@
 //! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
 //! primitives, which autograd differentiates.
 
+mod attention;
 mod fast_math;
 mod gelu;
 mod layer_norm;
@@ -12,6 +13,7 @@ mod permute_tokens;
 mod rowwise;
 mod softmax;
 
+pub use attention::window_attention;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use permute_tokens::TokenPermutation;
