@@ -6,8 +6,21 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BEGIN: &str = "<!-- xtask sub-cost: begin (generated, do not edit) -->";
-const END: &str = "<!-- xtask sub-cost: end -->";
+/// The default model's section keeps the original markers; every other model gets its own
+/// section (markers carry the model name), so measuring one family never erases another's.
+const DEFAULT_MODEL: &str = "vit_fmnist_small";
+
+fn markers(model: &str) -> (String, String) {
+    let tag = if model == DEFAULT_MODEL {
+        String::new()
+    } else {
+        format!(" {model}")
+    };
+    (
+        format!("<!-- xtask sub-cost{tag}: begin (generated, do not edit) -->"),
+        format!("<!-- xtask sub-cost{tag}: end -->"),
+    )
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,13 +135,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let (mp, mm) = (median(&mut plain.clone()), median(&mut masked.clone()));
+    let (begin, end) = markers(&a.model);
     let section = format!(
-        "{BEGIN}\n## MaskSub step cost (`cargo xtask sub-cost`)\n\n\
+        "{begin}\n## MaskSub step cost: {} (`cargo xtask sub-cost --model {}`)\n\n\
          Training throughput of the same model on the same real Fashion-MNIST images, one epoch of {} images per run, batch {}, {} threads, \
          {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one).\n\n\
          | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.2}x |\n\n\
          Per round (plain / MaskSub): {}\n\n\
-         Machine: {} ({} cores visible), {}; masksub {}; date {}.\n{END}\n",
+         Machine: {} ({} cores visible), {}; masksub {}; date {}.\n{end}\n",
+        a.model,
+        a.model,
         a.images,
         a.batch_size,
         a.threads,
@@ -150,12 +166,12 @@ pub fn run(a: Args) -> Result<()> {
         root.join(&a.file)
     };
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# masksub benchmarks\n\nEvery number here is written by an xtask command; rerun it to refresh.\n\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(&begin), old.find(&end)) {
         (Some(b), Some(e)) if e > b => format!(
             "{}{}{}",
             &old[..b],
             section,
-            old[e + END.len()..].trim_start_matches('\n')
+            old[e + end.len()..].trim_start_matches('\n')
         ),
         _ => format!("{}\n{}", old.trim_end(), section),
     };

@@ -1,5 +1,5 @@
-//! y[b, i, :] = x[b, perm[i], :] for a fixed permutation of the token axis: Swin's cyclic shift
-//! + window partition (and its reverse, and patch merging) as ONE parallel row gather. The
+//! `y[b, i, :] = x[b, perm[i], :]` for a fixed permutation of the token axis: Swin's cyclic
+//! shift and window partition (and its reverse, and patch merging) as ONE parallel row gather. The
 //! backward of a permutation is the gather with the inverse permutation, so no scatter-add is
 //! needed (candle's index_select backward is a serial index_add).
 
