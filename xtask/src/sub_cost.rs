@@ -92,6 +92,14 @@ fn capture(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// 1-minute load average (Linux), so a section says whether the machine was shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -108,6 +116,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--rounds must be positive");
     }
     let root = repo_root();
+    let load_before = load_average();
     let st = Command::new("cargo")
         .current_dir(&root)
         .args(["build", "--release", "-p", "masksub-cli"])
@@ -142,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
          {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one).\n\n\
          | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.2}x |\n\n\
          Per round (plain / MaskSub): {}\n\n\
-         Machine: {} ({} cores visible), {}; masksub {}; date {}.\n{end}\n",
+         Machine: {} ({} cores visible, load average {} before / {} after), {}; masksub {}; date {}.\n{end}\n",
         a.model,
         a.model,
         a.images,
@@ -156,6 +165,8 @@ pub fn run(a: Args) -> Result<()> {
         plain.iter().zip(&masked).map(|(p, m)| format!("{p:.1} / {m:.1}")).collect::<Vec<_>>().join(", "),
         cpu_model(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load_before,
+        load_average(),
         capture("rustc", &["--version"]),
         capture("git", &["rev-parse", "--short", "HEAD"]),
         chrono::Local::now().format("%Y-%m-%d %H:%M"),
