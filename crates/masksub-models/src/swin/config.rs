@@ -127,6 +127,31 @@ impl SwinConfig {
         }
     }
 
+    /// Forward FLOPs of one image (2 x multiply-adds of the matmuls, convs and linears, as
+    /// torch's FlopCounterMode counts them). The masked pass has the same size, so masking
+    /// does not change it.
+    pub fn forward_flops(&self) -> f64 {
+        let p = self.patch_size as f64;
+        let mut macs = (self.patch_grid() * self.patch_grid()) as f64
+            * (self.in_chans as f64 * p * p)
+            * self.embed_dim as f64;
+        for (i, &depth) in self.depths.iter().enumerate() {
+            let (res, c) = self.stage_shape(i);
+            let (l, c) = ((res * res) as f64, c as f64);
+            if i > 0 {
+                // patch merging: L tokens of 4 * (C/2) channels -> C
+                macs += l * 2.0 * c * c;
+            }
+            let (window, _) = self.window_and_shift(res, 0);
+            let n = (window * window) as f64;
+            let hidden = (c * self.mlp_ratio).floor();
+            let per_block = l * c * 3.0 * c + 2.0 * l * n * c + l * c * c + 2.0 * l * c * hidden;
+            macs += depth as f64 * per_block;
+        }
+        macs += self.num_features() as f64 * self.num_classes as f64;
+        2.0 * macs
+    }
+
     /// The MaskSub unit grid (stage-1 tokens / mask_unit per side).
     pub fn unit_grid(&self) -> TokenGrid {
         let g = self.patch_grid() / self.mask_unit.max(1);
@@ -249,6 +274,9 @@ impl ArchConfig for SwinConfig {
     fn validate(&self) -> Result<()> {
         SwinConfig::validate(self)
     }
+    fn forward_flops(&self, _mask_ratio: Option<f64>) -> Option<f64> {
+        Some(SwinConfig::forward_flops(self))
+    }
     fn describe(&self) -> String {
         format!(
             "Swin d{} depths {:?} heads {:?} /{} window {}",
@@ -292,6 +320,20 @@ mod tests {
             SwinConfig::swin_base_patch4_window7_224().num_features(),
             1024
         );
+    }
+
+    #[test]
+    fn forward_flops_equal_torchs_flop_counter() {
+        // torch.utils.flop_counter.FlopCounterMode on timm 1.0.31, batch 1.
+        assert_eq!(
+            SwinConfig::swin_tiny_patch4_window7_224().forward_flops(),
+            8_981_133_312.0
+        );
+        let fmnist = SwinConfig {
+            drop_path_rate: 0.0,
+            ..SwinConfig::swin_fmnist_small()
+        };
+        assert_eq!(fmnist.forward_flops(), 23_809_792.0);
     }
 
     #[test]
