@@ -56,6 +56,18 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Write a step row to metrics.jsonl every N optimizer steps.
     pub log_every: usize,
+    /// How data-parallel ranks agree on BatchNorm running statistics at the end of each epoch
+    /// (timm's `--dist-bn`): `reduce` (mean over ranks) or `broadcast` (rank 0's).
+    pub dist_bn: DistBn,
+}
+
+/// timm's `--dist-bn` choices. Within an epoch every rank keeps its own statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBn {
+    #[default]
+    Reduce,
+    Broadcast,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +104,7 @@ impl Default for TrainConfig {
             seed: 0,
             eval_batch_size: 500,
             log_every: 20,
+            dist_bn: DistBn::Reduce,
         }
     }
 }

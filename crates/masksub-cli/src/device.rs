@@ -4,13 +4,19 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
 pub fn parse_device(spec: &str) -> Result<Device> {
+    parse_device_for_rank(spec, 0)
+}
+
+/// [`parse_device`] where a bare `cuda` / `metal` means device `local_rank`: with one process
+/// per GPU, each rank of a node takes its own.
+pub fn parse_device_for_rank(spec: &str, local_rank: usize) -> Result<Device> {
     let (kind, ordinal) = match spec.split_once(':') {
         Some((k, n)) => (
             k,
             n.parse::<usize>()
                 .with_context(|| format!("--device {spec}: `{n}` is not a device number"))?,
         ),
-        None => (spec, 0),
+        None => (spec, local_rank),
     };
     match kind {
         "cpu" => Ok(Device::Cpu),

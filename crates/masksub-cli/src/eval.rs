@@ -3,6 +3,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use masksub_data::{BatchLoader, InMemoryDataset, LoaderConfig};
+use masksub_dist::{params, Collective};
 use masksub_models::LoadedModel;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,6 +34,85 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalResult> {
+    let s = eval_sums(model, ds, batch_size, device)?;
+    Ok(EvalSums::from_vec(&s.to_vec()).result())
+}
+
+/// [`evaluate`] split across data-parallel ranks: rank r scores samples r, r+W, r+2W, ...
+/// (each sample exactly once, no padding) and the counts are summed over ranks.
+pub fn evaluate_sharded(
+    model: &LoadedModel,
+    ds: &InMemoryDataset,
+    batch_size: usize,
+    device: &Device,
+    collective: &dyn Collective,
+) -> Result<EvalResult> {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    if world == 1 {
+        return evaluate(model, ds, batch_size, device);
+    }
+    let part = shard(ds, rank, world);
+    let local = if part.is_empty() {
+        EvalSums::default()
+    } else {
+        eval_sums(model, &part, batch_size, device)?
+    };
+    let total = params::all_reduce_sum_f64(collective, &local.to_vec())?;
+    Ok(EvalSums::from_vec(&total).result())
+}
+
+/// Samples r, r+W, ... of `ds` (statistics kept, so normalization is unchanged).
+fn shard(ds: &InMemoryDataset, rank: usize, world: usize) -> InMemoryDataset {
+    let len = ds.sample_len();
+    let mut out = ds.clone();
+    out.images.clear();
+    out.labels.clear();
+    for i in (rank..ds.len()).step_by(world) {
+        out.images.extend_from_slice(ds.image(i));
+        out.labels.push(ds.labels[i]);
+    }
+    debug_assert_eq!(out.images.len(), out.labels.len() * len);
+    out
+}
+
+/// Additive evaluation counts, so ranks can sum them.
+#[derive(Debug, Default, Clone, Copy)]
+struct EvalSums {
+    loss_sum: f64,
+    top1: f64,
+    top5: f64,
+    count: f64,
+}
+
+impl EvalSums {
+    fn to_vec(self) -> [f64; 4] {
+        [self.loss_sum, self.top1, self.top5, self.count]
+    }
+    fn from_vec(v: &[f64]) -> Self {
+        Self {
+            loss_sum: v[0],
+            top1: v[1],
+            top5: v[2],
+            count: v[3],
+        }
+    }
+    fn result(self) -> EvalResult {
+        let n = self.count.max(1.0);
+        EvalResult {
+            loss: self.loss_sum / n,
+            top1: 100.0 * self.top1 / n,
+            top5: 100.0 * self.top5 / n,
+            count: self.count as usize,
+        }
+    }
+}
+
+fn eval_sums(
+    model: &LoadedModel,
+    ds: &InMemoryDataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalSums> {
     let cfg = LoaderConfig {
         batch_size,
         shuffle: false,
@@ -55,12 +135,11 @@ pub fn evaluate(
         c5 += b5;
         n += b;
     }
-    let n_f = n.max(1) as f64;
-    Ok(EvalResult {
-        loss: loss_sum / n_f,
-        top1: 100.0 * c1 as f64 / n_f,
-        top5: 100.0 * c5 as f64 / n_f,
-        count: n,
+    Ok(EvalSums {
+        loss_sum,
+        top1: c1 as f64,
+        top5: c5 as f64,
+        count: n as f64,
     })
 }
 

@@ -2,7 +2,6 @@
 //! metrics, progress, collectives), reusable by the `masksub` binary and by `xtask`.
 
 pub mod checkpoint;
-pub mod collective;
 pub mod config;
 pub mod device;
 pub mod eval;
@@ -12,4 +11,6 @@ pub mod step;
 pub mod trainer;
 
 pub use config::TrainConfig;
+/// The collectives (single process, MPI, NCCL) the trainer runs on.
+pub use masksub_dist as dist;
 pub use trainer::{train, TrainSummary};

@@ -1,23 +1,27 @@
 //! One training step as a small trait the loop drives. [`MaskSubStep`] is the MaskSub step:
 //! both passes, gradient all-reduce, clipping of the summed gradient, ONE optimizer step.
 
-use crate::collective::Collective;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 use masksub_core::rng::{purpose, seeded};
 use masksub_core::{
     loss::smoothed_one_hot, objective::check_finite, CosineSchedule, Optimizer, ParamGroup,
-    StepLosses, SubObjective,
+    StepLosses, SubModelForward, SubObjective,
 };
+use masksub_dist::{params, Collective};
 use masksub_models::LoadedModel;
 use rand::RngCore;
+use std::time::Instant;
 
 /// What one optimizer step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutcome {
+    /// Losses averaged over all ranks (the global batch's loss).
     pub losses: StepLosses,
     pub lr: f64,
     pub grad_norm: Option<f32>,
+    /// Seconds this step spent in collectives (gradient and loss all-reduce).
+    pub comm_seconds: f64,
 }
 
 /// A training step: consume one batch, update the parameters once.
@@ -114,17 +118,47 @@ impl TrainStep for MaskSubStep<'_> {
         self.optimizer.set_lr(lr);
         let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?
             .to_dtype(images.dtype())?;
-        // Each rank draws its own masks and drop-path; all are functions of (seed, rank, step).
-        let rank = self.collective.rank() as u64;
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        // Drop-path is drawn per rank from (seed, step, rank).
         self.model
             .net
-            .reseed(seeded(&[purpose::DROP_PATH, self.seed, step, rank]).next_u64());
-        let mut rng = seeded(&[purpose::MASK, self.seed, step, rank]);
-        let (losses, mut grads) = self
-            .objective
-            .step(self.model, images, &targets, &mut rng)?;
+            .reseed(seeded(&[purpose::DROP_PATH, self.seed, step, rank as u64]).next_u64());
+        // Masks are drawn per sample from its place in the global batch: local sample i of rank
+        // r is global sample i*W + r (the loader interleaves ranks like DistributedSampler), so
+        // N ranks draw exactly the masks one process with the same global batch would.
+        let plan = self.objective.plan_per_sample(
+            images.dim(0)?,
+            self.model.token_grid(),
+            self.model.mask_kind(),
+            |i| seeded(&[purpose::MASK, self.seed, step, (i * world + rank) as u64]),
+        )?;
+        let (mut losses, mut grads) =
+            self.objective
+                .step_with_plan(self.model, images, &targets, plan.as_ref())?;
+        let t_comm = Instant::now();
+        if world > 1 {
+            // One tiny reduction so every rank logs, and stops on, the global batch's loss.
+            let sums = params::all_reduce_sum_f64(
+                self.collective,
+                &[
+                    losses.loss as f64,
+                    losses.sub_loss.unwrap_or(0.0) as f64,
+                    losses.total as f64,
+                ],
+            )?;
+            let w = world as f64;
+            losses.loss = (sums[0] / w) as f32;
+            losses.sub_loss = losses.sub_loss.map(|_| (sums[1] / w) as f32);
+            losses.total = (sums[2] / w) as f32;
+        }
         check_finite(&losses, step)?;
-        self.collective.all_reduce_mean(&mut grads, &self.vars)?;
+        params::all_reduce_mean_grads(
+            self.collective,
+            &mut grads,
+            &self.vars,
+            params::DEFAULT_BUCKET_ELEMS,
+        )?;
+        let comm_seconds = t_comm.elapsed().as_secs_f64();
         let grad_norm = match self.clip_grad {
             Some(max) => Some(masksub_core::clip::clip_grad_norm(
                 &mut grads, &self.vars, max,
@@ -146,6 +180,7 @@ impl TrainStep for MaskSubStep<'_> {
             losses,
             lr,
             grad_norm,
+            comm_seconds,
         })
     }
 }

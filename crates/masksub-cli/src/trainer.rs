@@ -2,8 +2,8 @@
 //! atomic checkpoints; `resume` continues a run folder where its last checkpoint stopped.
 
 use crate::checkpoint::{self, TrainerState};
-use crate::collective::Collective;
-use crate::eval::{evaluate, EvalResult};
+use crate::config::DistBn;
+use crate::eval::{evaluate_sharded, EvalResult};
 use crate::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::progress::Progress;
 use crate::step::{param_groups, MaskSubStep, StepSettings, TrainStep};
@@ -14,6 +14,7 @@ use masksub_core::{
     AdamW, AdamWConfig, CosineSchedule, Lamb, LambConfig, Optimizer, OptimizerKind, SubObjective,
 };
 use masksub_data::{BatchLoader, InMemoryDataset, LoaderConfig, Split};
+use masksub_dist::{params, Collective};
 use masksub_models::registry;
 use masksub_models::weights::LoadOptions;
 use serde::Serialize;
@@ -41,7 +42,7 @@ impl RunOptions {
             device,
             resume: false,
             progress: true,
-            collective: Box::new(crate::collective::SingleProcess),
+            collective: Box::new(masksub_dist::SingleProcess),
             max_epochs_this_run: None,
         }
     }
@@ -62,6 +63,8 @@ pub struct TrainSummary {
     pub final_train_loss: f64,
     /// Mean training throughput over the epochs run in this invocation (evaluation excluded).
     pub train_img_per_s: f64,
+    /// Seconds of training time spent in collectives (0 for one process).
+    pub train_comm_seconds: f64,
     pub wall_seconds: f64,
 }
 
@@ -189,7 +192,11 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         .into_iter()
         .map(|(_, v)| v)
         .collect();
-    opts.collective.broadcast_params(&vars)?;
+    // Every rank starts from rank 0's parameters and buffers (fresh or resumed).
+    let coll = opts.collective.as_ref();
+    params::broadcast_vars(coll, &vars, params::DEFAULT_BUCKET_ELEMS)?;
+    let buffers: Vec<_> = model.buffer_vars();
+    params::broadcast_vars(coll, &buffers, params::DEFAULT_BUCKET_ELEMS)?;
 
     let objective = SubObjective::new(cfg.sub, cfg.loss)?;
     let mut stepper = MaskSubStep::new(
@@ -232,7 +239,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 
     let mut last_eval: Option<EvalResult> = None;
     let mut last_train_loss = f64::NAN;
-    let (mut imgs_total, mut train_secs_total) = (0usize, 0f64);
+    let (mut imgs_total, mut train_secs_total, mut comm_total) = (0usize, 0f64, 0f64);
     let last_epoch = match opts.max_epochs_this_run {
         Some(n) => (state.epochs_done + n).min(cfg.epochs),
         None => cfg.epochs,
@@ -245,6 +252,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             let batch = batch?;
             let b = batch.indices.len();
             let o = stepper.step(&batch.images, &batch.labels, state.step)?;
+            comm_total += o.comm_seconds;
             state.step += 1;
             n_steps += 1;
             imgs += b;
@@ -278,7 +286,16 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         let train_secs = t0.elapsed().as_secs_f64();
         imgs_total += imgs * world;
         train_secs_total += train_secs;
-        let ev = evaluate(&model, &test_ds, cfg.eval_batch_size, &opts.device)?;
+        // Per-rank BatchNorm statistics become one set before evaluation and the checkpoint.
+        match cfg.dist_bn {
+            DistBn::Reduce => {
+                params::all_reduce_mean_vars(coll, &buffers, params::DEFAULT_BUCKET_ELEMS)?
+            }
+            DistBn::Broadcast => {
+                params::broadcast_vars(coll, &buffers, params::DEFAULT_BUCKET_ELEMS)?
+            }
+        }
+        let ev = evaluate_sharded(&model, &test_ds, cfg.eval_batch_size, &opts.device, coll)?;
         last_train_loss = loss_sum / n_steps.max(1) as f64;
         state.epochs_done = epoch + 1;
         state.best_top1 = state.best_top1.max(ev.top1);
@@ -327,6 +344,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         best_top1: state.best_top1,
         final_train_loss: last_train_loss,
         train_img_per_s: imgs_total as f64 / train_secs_total.max(1e-9),
+        train_comm_seconds: comm_total,
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
     if main {

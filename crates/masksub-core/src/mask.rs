@@ -111,6 +111,62 @@ impl MaskPlan {
         }
     }
 
+    /// The plans of consecutive sample groups as one plan (the same kind and grid throughout).
+    pub fn concat(plans: &[MaskPlan]) -> Result<MaskPlan> {
+        let first = plans
+            .first()
+            .ok_or_else(|| CoreError::config("mask_plan", "no plans to concatenate"))?;
+        let mismatch = || CoreError::config("mask_plan", "plans of different kinds or grids");
+        match first {
+            MaskPlan::KeepTokens {
+                num_tokens,
+                keep_per_sample,
+                ..
+            } => {
+                let mut keep = Vec::new();
+                for p in plans {
+                    match p {
+                        MaskPlan::KeepTokens {
+                            num_tokens: n,
+                            keep_per_sample: k,
+                            keep: part,
+                        } if n == num_tokens && k == keep_per_sample => {
+                            keep.extend_from_slice(part)
+                        }
+                        _ => return Err(mismatch()),
+                    }
+                }
+                Ok(MaskPlan::KeepTokens {
+                    num_tokens: *num_tokens,
+                    keep_per_sample: *keep_per_sample,
+                    keep,
+                })
+            }
+            MaskPlan::MaskUnits {
+                grid,
+                masked_per_sample,
+                ..
+            } => {
+                let mut masked = Vec::new();
+                for p in plans {
+                    match p {
+                        MaskPlan::MaskUnits {
+                            grid: g,
+                            masked_per_sample: m,
+                            masked: part,
+                        } if g == grid && m == masked_per_sample => masked.extend_from_slice(part),
+                        _ => return Err(mismatch()),
+                    }
+                }
+                Ok(MaskPlan::MaskUnits {
+                    grid: *grid,
+                    masked_per_sample: *masked_per_sample,
+                    masked,
+                })
+            }
+        }
+    }
+
     /// Kept token indices of sample `b`; empty for a unit-mask plan.
     pub fn kept(&self, b: usize) -> &[u32] {
         match self {
@@ -317,6 +373,23 @@ mod tests {
             let e = RandomTokenDrop::new(r).unwrap_err().to_string();
             assert!(e.contains("mask_ratio"), "{e}");
         }
+    }
+
+    #[test]
+    fn concat_joins_sample_groups_and_rejects_mixed_plans() {
+        let (a, b) = (plan(1, 1), plan(2, 1));
+        let ab = MaskPlan::concat(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(ab.batch_size(), 16);
+        assert_eq!(ab.kept(3), a.kept(3));
+        assert_eq!(ab.kept(8 + 5), b.kept(5));
+        let units = RandomUnitMask::new(0.5)
+            .unwrap()
+            .plan(2, TokenGrid::new(2, 2), &mut stream(0, 1, 0))
+            .unwrap();
+        let uu = MaskPlan::concat(&[units.clone(), units.clone()]).unwrap();
+        assert_eq!(uu.unit_mask(3), units.unit_mask(1));
+        assert!(MaskPlan::concat(&[a, units]).is_err());
+        assert!(MaskPlan::concat(&[]).is_err());
     }
 
     #[test]

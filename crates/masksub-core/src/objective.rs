@@ -111,6 +111,25 @@ impl SubObjective {
             .transpose()
     }
 
+    /// Like [`Self::plan`], but sample `i` draws its mask from its own generator `rng_for(i)`.
+    /// Keyed by the sample's place in the *global* batch, the masks of a step do not depend on
+    /// how the batch is split across data-parallel ranks.
+    pub fn plan_per_sample<R: RngCore>(
+        &self,
+        batch: usize,
+        grid: TokenGrid,
+        kind: MaskKind,
+        mut rng_for: impl FnMut(usize) -> R,
+    ) -> Result<Option<MaskPlan>> {
+        let Some(strategy) = self.strategy_for(kind) else {
+            return Ok(None);
+        };
+        let plans = (0..batch)
+            .map(|i| strategy.plan(1, grid, &mut rng_for(i)))
+            .collect::<Result<Vec<_>>>()?;
+        MaskPlan::concat(&plans).map(Some)
+    }
+
     /// Forward both passes, back-propagate both, and return the losses and summed gradients.
     /// `targets` are soft targets (B, C) in the model's dtype.
     pub fn step(
@@ -199,6 +218,38 @@ mod tests {
     use super::*;
     use crate::mask::RandomTokenDrop;
     use crate::rng::stream;
+
+    #[test]
+    fn per_sample_plans_do_not_depend_on_how_the_batch_is_split() {
+        let obj = SubObjective::new(SubModel::Masking { ratio: 0.5 }, LossKind::SoftCe).unwrap();
+        let grid = TokenGrid::new(4, 4);
+        let rng = |j: usize| stream(9, crate::rng::purpose::MASK, j as u64);
+        for kind in [MaskKind::DropTokens, MaskKind::MaskUnits] {
+            let whole = obj.plan_per_sample(4, grid, kind, rng).unwrap().unwrap();
+            // Two "ranks" of two samples each, keyed by their global positions.
+            let lo = obj.plan_per_sample(2, grid, kind, rng).unwrap().unwrap();
+            let hi = obj
+                .plan_per_sample(2, grid, kind, |i| rng(i + 2))
+                .unwrap()
+                .unwrap();
+            assert_eq!(MaskPlan::concat(&[lo, hi]).unwrap(), whole);
+            assert_eq!(whole.batch_size(), 4);
+        }
+        let whole = obj
+            .plan_per_sample(4, grid, MaskKind::DropTokens, rng)
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            whole.kept(0),
+            whole.kept(1),
+            "each sample draws its own mask"
+        );
+        let plain = SubObjective::new(SubModel::None, LossKind::SoftCe).unwrap();
+        assert!(plain
+            .plan_per_sample(4, grid, MaskKind::DropTokens, rng)
+            .unwrap()
+            .is_none());
+    }
 
     #[test]
     fn strategy_follows_the_model_family_unless_overridden() {

@@ -95,20 +95,21 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// All trainable parameters, sorted by name (a stable order for optimizers and checkpoints).
     pub fn named_parameters(&self) -> Vec<(String, Var)> {
-        let map = self
-            .varmap
-            .data()
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let mut v: Vec<(String, Var)> = map.into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        sorted_vars(&self.varmap)
     }
 
     /// Whether `name` (of a parameter of rank `rank`) is decayed: not 1-D, not in no_weight_decay.
     pub fn decays(&self, name: &str, rank: usize) -> bool {
         rank > 1 && !self.net.no_weight_decay().contains(&name)
+    }
+
+    /// Non-trainable state (BatchNorm statistics), sorted by name (the same order on every
+    /// data-parallel rank).
+    pub fn buffer_vars(&self) -> Vec<Var> {
+        sorted_vars(&self.buffers)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// Parameters and buffers by timm key: what a checkpoint holds.
@@ -132,6 +133,14 @@ impl LoadedModel {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.net.forward(x, None, train)
     }
+}
+
+/// A VarMap's entries sorted by name.
+fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let map = map.data().lock().map(|m| m.clone()).unwrap_or_default();
+    let mut v: Vec<(String, Var)> = map.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 impl SubModelForward for LoadedModel {

@@ -2,10 +2,11 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use masksub_cli::device::{parse_device, set_threads};
+use masksub_cli::device::{parse_device_for_rank, set_threads};
 use masksub_cli::trainer::{train, RunOptions};
 use masksub_cli::TrainConfig;
 use masksub_core::{OptimizerKind, SubModel};
+use masksub_dist::{Collective, Launch};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -158,7 +159,30 @@ impl TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let device = parse_device(&args.device)?;
+    let launch = Launch::detect()?;
+    let device = parse_device_for_rank(&args.device, launch.local_rank)?;
+    let collective = masksub_dist::from_env(&device)?;
+    let rank = collective.rank();
+    let world = collective.world_size();
+    match run_on(args, device, collective) {
+        Ok(()) => Ok(()),
+        Err(e) if world > 1 => {
+            // A rank that stops must take the job down, or its peers wait in the next
+            // collective until the watchdog fires: exiting without MPI_Finalize makes mpirun
+            // end every rank.
+            eprintln!("error (rank {rank} of {world}): {e:#}");
+            std::process::exit(1)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run_on(
+    args: TrainArgs,
+    device: candle_core::Device,
+    collective: Box<dyn Collective>,
+) -> Result<()> {
+    let main = collective.is_main();
     let (cfg, out, resume) = match &args.resume {
         Some(dir) => {
             if args.overrides_recipe() {
@@ -182,16 +206,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (args.apply(base)?, out, false)
         }
     };
-    if resume && args.epochs.is_some() {
+    if resume && args.epochs.is_some() && main {
         // The longer schedule must be the one the config records.
         cfg.save(&out.join("config.json"))?;
     }
     let opts = RunOptions {
         resume,
         progress: !args.quiet,
+        collective,
         ..RunOptions::new(out, device)
     };
     let summary = train(&cfg, opts)?;
+    if !main {
+        return Ok(());
+    }
     println!(
         "done: {} epochs, test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%, {:.0} train img/s, {:.0}s; run folder {}",
         summary.epochs,

@@ -1,0 +1,25 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DistError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The environment describes a launch this build cannot serve (e.g. mpirun without `mpi`).
+    #[error("distributed launch: {0}")]
+    Launch(String),
+    /// A malformed launcher variable, named.
+    #[error("environment variable `{name}` = `{value}`: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// Ranks disagree about what they reduce (a bug or mismatched binaries/configs).
+    #[error("ranks disagree: {0}")]
+    Mismatch(String),
+    #[error("{engine}: {reason}")]
+    Engine {
+        engine: &'static str,
+        reason: String,
+    },
+}
