@@ -1,18 +1,23 @@
 //! Mask-aware image classifiers whose parameter names are timm's `state_dict` keys.
 //!
 //! - [`vit`]: Vision Transformer (DeiT-III and MAE fine-tune layouts) with a token-drop sub pass;
+//! - [`resnet`]: ResNet (BasicBlock / Bottleneck, BatchNorm with running statistics) whose sub
+//!   pass zeroes pixel patches ([`pixel_mask`]); CNN layers in [`cnn_layers`];
 //! - [`registry`]: timm-style model names with their configs and preprocessing;
 //! - [`model`]: the fixed interface every family implements;
 //! - [`weights`]: strict state-dict loading and saving; [`init`]: seeded initialisation;
 //! - [`ops`]: differentiable LayerNorm / GELU / softmax with fused CPU kernels.
 
 pub mod arch;
+pub mod cnn_layers;
 pub mod error;
 pub mod init;
 pub mod layers;
 pub mod model;
 pub mod ops;
+pub mod pixel_mask;
 pub mod registry;
+pub mod resnet;
 pub mod vit;
 pub mod weights;
 
@@ -20,6 +25,7 @@ pub use arch::ArchConfig;
 pub use error::ModelError;
 pub use model::{ImageClassifier, LoadedModel};
 pub use registry::{ModelArch, ModelSpec};
+pub use resnet::{BlockType, ResNet, ResNetConfig};
 pub use vit::{GlobalPool, Vit, VitConfig};
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -4,7 +4,7 @@
 use crate::arch::ArchConfig;
 use crate::init::SeededInit;
 use crate::model::LoadedModel;
-use crate::{ModelError, Result, VitConfig};
+use crate::{ModelError, ResNetConfig, Result, VitConfig};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ModelArch {
     Vit(VitConfig),
+    Resnet(ResNetConfig),
 }
 
 impl ModelArch {
@@ -28,11 +29,13 @@ impl ModelArch {
     pub fn config(&self) -> &dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Resnet(c) => c,
         }
     }
     pub fn config_mut(&mut self) -> &mut dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Resnet(c) => c,
         }
     }
 }
@@ -59,6 +62,19 @@ fn vit(name: &str, cfg: VitConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> 
         crop_pct,
     }
 }
+
+fn resnet(name: &str, cfg: ResNetConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        arch: ModelArch::Resnet(cfg),
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        crop_pct,
+    }
+}
+
+/// timm's resnet `_cfg` crop_pct.
+const RESNET_CROP_PCT: f64 = 0.875;
 
 const REGISTRY: &[Entry] = &[
     ("vit_fmnist_small", || {
@@ -113,6 +129,69 @@ const REGISTRY: &[Entry] = &[
             &IMAGENET_MEAN,
             &IMAGENET_STD,
             0.9,
+        )
+    }),
+    ("resnet_fmnist_small", || {
+        resnet(
+            "resnet_fmnist_small",
+            ResNetConfig::resnet_fmnist_small(),
+            &FASHION_MNIST_MEAN,
+            &FASHION_MNIST_STD,
+            1.0,
+        )
+    }),
+    ("resnet18", || {
+        resnet(
+            "resnet18",
+            ResNetConfig::resnet18(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet26", || {
+        resnet(
+            "resnet26",
+            ResNetConfig::resnet26(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet34", || {
+        resnet(
+            "resnet34",
+            ResNetConfig::resnet34(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet50", || {
+        resnet(
+            "resnet50",
+            ResNetConfig::resnet50(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet101", || {
+        resnet(
+            "resnet101",
+            ResNetConfig::resnet101(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet152", || {
+        resnet(
+            "resnet152",
+            ResNetConfig::resnet152(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
         )
     }),
 ];
@@ -222,7 +301,9 @@ mod tests {
             .unwrap()
             .with_kwargs(&kw(r#"{"global_pool": "avg", "depth": 2}"#))
             .unwrap();
-        let ModelArch::Vit(c) = &s.arch;
+        let ModelArch::Vit(c) = &s.arch else {
+            panic!("vit_fmnist_small is a ViT")
+        };
         assert_eq!(
             (c.global_pool, c.depth, c.embed_dim),
             (
