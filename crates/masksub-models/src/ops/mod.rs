@@ -7,6 +7,7 @@
 
 mod batch_norm;
 mod conv;
+mod depthwise_conv;
 mod fast_math;
 mod gelu;
 mod layer_norm;
@@ -16,6 +17,7 @@ mod softmax;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, batch_norm_train_composed, channel_stats};
 pub use conv::conv2d;
+pub use depthwise_conv::depthwise_conv2d;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, max_pool2d_composed, Pool2d};
