@@ -309,3 +309,79 @@ fn every_pretrained_tag_resolves_to_its_preprocessing_or_names_the_missing_arch(
     assert!(matches!(&clip.arch, ModelArch::Vit(c) if c.pre_norm && c.num_classes == 512));
     assert_eq!(find("vit_base_patch16_224.mae").unwrap().license, "cc-by-nc-4.0");
 }
+
+/// A stand-in for the Hub's `resolve` endpoint on loopback: answers the `bytes=0-0` metadata
+/// probe (etag, x-repo-commit, content-range) and the ranged download, and records the
+/// Authorization headers it saw.
+fn serve_file(data: Vec<u8>, requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for (i, stream) in listener.incoming().take(requests).enumerate() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut range, mut path) = (String::new(), 0usize, String::new());
+            reader.read_line(&mut path).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end().to_string();
+                if l.is_empty() {
+                    break;
+                }
+                let lower = l.to_ascii_lowercase();
+                if lower.starts_with("authorization:") {
+                    seen.push(l["authorization:".len()..].trim().to_string());
+                }
+                if let Some(r) = lower.strip_prefix("range: bytes=") {
+                    range = r.split('-').next().unwrap().parse().unwrap();
+                }
+            }
+            assert!(path.contains("/timm/served/resolve/main/model.safetensors"), "{path}");
+            // First the metadata probe (bytes=0-0), then the download (bytes=N-).
+            let end = if i == 0 { 0 } else { data.len() - 1 };
+            let body = &data[range..=end];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\netag: \"blobetag\"\r\nx-repo-commit: c0ffee\r\n\
+                 content-range: bytes {range}-{end}/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                data.len(),
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(body).unwrap();
+        }
+        seen
+    });
+    (addr, h)
+}
+
+#[test]
+fn a_missing_file_is_downloaded_from_hf_endpoint_with_the_token_then_reused() {
+    let data = std::fs::read(fixture("pre_timm.safetensors")).unwrap();
+    let (endpoint, server) = serve_file(data.clone(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HubOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        endpoint: Some(endpoint),
+        token: Some("hf_test_token".into()),
+        offline: false,
+        progress: false,
+    };
+    let p = fetch("timm/served", None, "model.safetensors", &opts).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), data);
+    assert!(p.ends_with("models--timm--served/snapshots/c0ffee/model.safetensors"), "{p:?}");
+    let auth = server.join().unwrap();
+    assert_eq!(auth, ["Bearer hf_test_token", "Bearer hf_test_token"]);
+    // Now cached: offline finds it, and it loads.
+    let offline = HubOptions {
+        offline: true,
+        endpoint: None,
+        ..opts
+    };
+    let again = fetch("timm/served", None, "model.safetensors", &offline).unwrap();
+    assert_eq!(again, p);
+    let m = build(tiny(32));
+    load(&m, &again);
+}
