@@ -73,7 +73,7 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
         ..TrainConfig::default()
     };
     let out = dir.path().join("run");
-    train(&cfg, &opts(&out)).unwrap();
+    train(&cfg, opts(&out)).unwrap();
     let after = candle_core::safetensors::load(out.join("last.safetensors"), &Device::Cpu).unwrap();
     // lr ~ 0: the trained weights are the checkpoint's, not the seed-0 initialisation.
     for (k, v) in &sd {
@@ -85,7 +85,7 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
         model: "vit_fmnist_small".into(),
         ..cfg.clone()
     };
-    let e = format!("{:#}", train(&bad, &opts(&dir.path().join("bad"))).unwrap_err());
+    let e = format!("{:#}", train(&bad, opts(&dir.path().join("bad"))).unwrap_err());
     assert!(e.contains("start.safetensors") && e.contains("shape mismatch"), "{e}");
     // --pretrained on weights that are not on the Hub says where to get them.
     let tv = TrainConfig {
@@ -94,7 +94,7 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
         checkpoint_path: None,
         ..cfg
     };
-    let e = format!("{:#}", train(&tv, &opts(&dir.path().join("tv"))).unwrap_err());
+    let e = format!("{:#}", train(&tv, opts(&dir.path().join("tv"))).unwrap_err());
     assert!(e.contains("--checkpoint-path"), "{e}");
 }
 
@@ -113,7 +113,7 @@ fn mobilenetv2_trains_with_pixel_patch_masksub_on_fashion_mnist() {
         ..TrainConfig::default()
     };
     let out = dir.path().join("run");
-    train(&cfg, &opts(&out)).unwrap();
+    train(&cfg, opts(&out)).unwrap();
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
