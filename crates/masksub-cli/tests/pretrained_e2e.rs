@@ -90,6 +90,10 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
     // --pretrained on weights that are not on the Hub says where to get them.
     let tv = TrainConfig {
         model: "mobilenetv2_100.tv_in1k".into(),
+        model_kwargs: serde_json::json!({"img_size": 28, "mask_patch_size": 4})
+            .as_object()
+            .unwrap()
+            .clone(),
         pretrained: true,
         checkpoint_path: None,
         ..cfg
