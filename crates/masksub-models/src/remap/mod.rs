@@ -47,10 +47,7 @@ pub fn detect(sd: &StateDict) -> WeightFormat {
 }
 
 /// Rename `sd` into timm keys; returns notes on what was dropped or synthesised.
-pub fn to_timm(
-    format: WeightFormat,
-    sd: StateDict,
-) -> crate::Result<(StateDict, Vec<String>)> {
+pub fn to_timm(format: WeightFormat, sd: StateDict) -> crate::Result<(StateDict, Vec<String>)> {
     match format {
         WeightFormat::Timm => Ok((sd, Vec::new())),
         WeightFormat::Mae => Ok(mae::remap(sd)),

@@ -51,7 +51,12 @@ fn rename(k: &str) -> Option<String> {
     let (s, j) = stage_of(idx)?;
     let rest = rest.strip_prefix("conv.")?;
     let table: &[(&str, &str)] = if idx == 1 {
-        &[("0.0.", "conv_dw."), ("0.1.", "bn1."), ("1.", "conv_pw."), ("2.", "bn2.")]
+        &[
+            ("0.0.", "conv_dw."),
+            ("0.1.", "bn1."),
+            ("1.", "conv_pw."),
+            ("2.", "bn2."),
+        ]
     } else {
         &[
             ("0.0.", "conv_pw."),
@@ -89,7 +94,9 @@ pub fn mobilenet_v2(sd: StateDict) -> Result<(StateDict, Vec<String>)> {
     let n = out.len();
     Ok((
         out,
-        vec![format!("torchvision MobileNetV2: {n} tensors renamed to timm keys")],
+        vec![format!(
+            "torchvision MobileNetV2: {n} tensors renamed to timm keys"
+        )],
     ))
 }
 
@@ -107,7 +114,10 @@ mod tests {
         assert_eq!(r("features.1.conv.2.bias"), "blocks.0.0.bn2.bias");
         assert_eq!(r("features.3.conv.1.0.weight"), "blocks.1.1.conv_dw.weight");
         assert_eq!(r("features.4.conv.0.1.weight"), "blocks.2.0.bn1.weight");
-        assert_eq!(r("features.17.conv.3.num_batches_tracked"), "blocks.6.0.bn3.num_batches_tracked");
+        assert_eq!(
+            r("features.17.conv.3.num_batches_tracked"),
+            "blocks.6.0.bn3.num_batches_tracked"
+        );
         assert_eq!(r("features.18.0.weight"), "conv_head.weight");
         assert_eq!(r("features.18.1.bias"), "bn2.bias");
         assert_eq!(r("classifier.1.weight"), "classifier.weight");
