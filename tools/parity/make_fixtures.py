@@ -455,9 +455,8 @@ def verify_file(path: Path, tensors: dict, metadata: dict) -> None:
         assert f.metadata() == metadata
 
 
-def main() -> int:
-    setup_determinism()
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+def vit_main() -> int:
+    """Write the ViT fixtures; returns their total size in bytes."""
     data = make_data()
     total = 0
     for name, layout in LAYOUTS.items():
@@ -474,6 +473,31 @@ def main() -> int:
                   + (f" grad_norm={s['grad_norm']:.6f}" if not math.isnan(s['grad_norm']) else ""))
         print(f"  max|ce_clip.param_after - ce.param_after| = {stats['clip_vs_noclip_param_after']:.3e}")
         print(f"  float64 re-run vs fixture (max abs diff): {json.dumps(stats['float64_vs_float32'])}")
+    return total
+
+
+def resnet_main() -> int:
+    import fixtures_resnet  # tools/parity/fixtures_resnet.py
+
+    return fixtures_resnet.main(OUT_DIR, REPO_ROOT, write_fixture, verify_file)
+
+
+# Each family seeds its own RNGs, so `--only` writes the same bytes as a full run.
+FAMILIES = {"vit": vit_main, "resnet": resnet_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(FAMILIES), help="regenerate one family's fixtures")
+    args = parser.parse_args(argv)
+    setup_determinism()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for family, run in FAMILIES.items():
+        if args.only in (None, family):
+            total += run()
     print(f"total: {total} bytes ({total / 1024:.1f} KiB); torch {torch.__version__}, timm {timm.__version__}")
     import fixtures_swin  # Swin fixtures (own file; shares this file's serializer and settings)
     fixtures_swin.main()

@@ -59,6 +59,15 @@ pub struct TrainConfig {
     /// How data-parallel ranks agree on BatchNorm running statistics at the end of each epoch
     /// (timm's `--dist-bn`): `reduce` (mean over ranks) or `broadcast` (rank 0's).
     pub dist_bn: DistBn,
+    /// Start from the pretrained weights of the `model` tag (e.g. `vit_base_patch16_224.mae`),
+    /// fetched from the Hugging Face Hub (cache first; HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN).
+    pub pretrained: bool,
+    /// Start from this local checkpoint instead (safetensors or torch .pth/.bin, zip or legacy;
+    /// timm, MAE, OpenAI CLIP, DeiT-III or torchvision keys).
+    pub checkpoint_path: Option<PathBuf>,
+    /// Layer-wise lr decay (BEiT / MAE fine-tuning): layer i of L gets lr * decay^(L - i)
+    /// (embeddings i = 0, block j i = j + 1, head L). None = off.
+    pub layer_decay: Option<f64>,
 }
 
 /// timm's `--dist-bn` choices. Within an epoch every rank keeps its own statistics.
@@ -105,6 +114,9 @@ impl Default for TrainConfig {
             eval_batch_size: 500,
             log_every: 20,
             dist_bn: DistBn::Reduce,
+            pretrained: false,
+            checkpoint_path: None,
+            layer_decay: None,
         }
     }
 }
@@ -132,6 +144,11 @@ impl TrainConfig {
         for (field, v) in finite_nonneg {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("invalid config: `{field}` = {v} must be a finite non-negative number");
+            }
+        }
+        if let Some(d) = self.layer_decay {
+            if !(d > 0.0 && d <= 1.0) {
+                bail!("invalid config: `layer_decay` = {d} must be in (0, 1]");
             }
         }
         if self.lr == 0.0 {

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod init_weights;
 pub mod metrics;
 pub mod progress;
 pub mod recipe;

@@ -80,6 +80,37 @@ pub fn param_groups(model: &LoadedModel, weight_decay: f64) -> Vec<ParamGroup> {
     ]
 }
 
+/// [`param_groups`] with BEiT-style layer-wise lr decay: one decay / no-decay pair per layer
+/// id, `lr_scale = layer_decay^(L - layer_id)` with L = `num_layers()` (ViT: depth + 1, so the
+/// embeddings get decay^(depth+1), block i decay^(depth-i), the head 1), as timm's
+/// `param_groups_layer_decay`. `None` = the two plain groups.
+pub fn param_groups_layer_decay(
+    model: &LoadedModel,
+    weight_decay: f64,
+    layer_decay: Option<f64>,
+) -> Vec<ParamGroup> {
+    let Some(decay) = layer_decay else {
+        return param_groups(model, weight_decay);
+    };
+    let top = model.net.num_layers();
+    let mut groups: std::collections::BTreeMap<(usize, bool), Vec<(String, Var)>> =
+        Default::default();
+    for (name, var) in model.named_parameters() {
+        let id = model.net.layer_id(&name).min(top);
+        let decays = model.decays(&name, var.rank());
+        groups.entry((id, decays)).or_default().push((name, var));
+    }
+    groups
+        .into_iter()
+        .map(|((id, decays), params)| ParamGroup {
+            name: format!("layer_{id}_{}", if decays { "decay" } else { "no_decay" }),
+            params,
+            weight_decay: if decays { weight_decay } else { 0.0 },
+            lr_scale: decay.powi((top - id) as i32),
+        })
+        .collect()
+}
+
 pub struct MaskSubStep<'a> {
     pub model: &'a LoadedModel,
     pub objective: SubObjective,

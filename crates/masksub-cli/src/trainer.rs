@@ -6,7 +6,7 @@ use crate::config::DistBn;
 use crate::eval::{evaluate_sharded, EvalResult};
 use crate::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::progress::Progress;
-use crate::step::{param_groups, MaskSubStep, StepSettings, TrainStep};
+use crate::step::{param_groups_layer_decay, MaskSubStep, StepSettings, TrainStep};
 use crate::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -124,6 +124,14 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         );
     }
     let model = spec.build(cfg.seed, DType::F32, &opts.device)?;
+    // Rank 0 loads the starting weights; the broadcast below hands them to every rank.
+    if main && !opts.resume {
+        if let Some(r) = crate::init_weights::load_initial_weights(cfg, &model)? {
+            for note in &r.notes {
+                eprintln!("weights: {note}");
+            }
+        }
+    }
     // The folder is created only once the config, the data and the model are known to be good,
     // so a mistyped flag leaves nothing behind.
     if main {
@@ -156,7 +164,10 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     let warmup_steps = (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64;
     let schedule =
         CosineSchedule::new(cfg.lr, cfg.min_lr, cfg.warmup_lr, warmup_steps, total_steps)?;
-    let mut optimizer = build_optimizer(cfg, param_groups(&model, cfg.weight_decay))?;
+    let mut optimizer = build_optimizer(
+        cfg,
+        param_groups_layer_decay(&model, cfg.weight_decay, cfg.layer_decay),
+    )?;
 
     let mut state = TrainerState {
         epochs_done: 0,

@@ -21,6 +21,10 @@ pub enum ModelError {
         unexpected: Vec<String>,
         mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
+    #[error("checkpoint tensor `{key}`: {reason}")]
+    Checkpoint { key: String, reason: String },
+    #[error("{what}: {reason}")]
+    Hub { what: String, reason: String },
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{0}")]

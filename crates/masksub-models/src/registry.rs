@@ -4,7 +4,7 @@
 use crate::arch::ArchConfig;
 use crate::init::SeededInit;
 use crate::model::LoadedModel;
-use crate::{ModelError, Result, SwinConfig, VitConfig};
+use crate::{MobileNetV2Config, ModelError, ResNetConfig, Result, SwinConfig, VitConfig};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,8 @@ pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ModelArch {
     Vit(VitConfig),
+    Resnet(ResNetConfig),
+    Mobilenetv2(MobileNetV2Config),
     Swin(SwinConfig),
 }
 
@@ -29,12 +31,16 @@ impl ModelArch {
     pub fn config(&self) -> &dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Resnet(c) => c,
+            ModelArch::Mobilenetv2(c) => c,
             ModelArch::Swin(c) => c,
         }
     }
     pub fn config_mut(&mut self) -> &mut dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Resnet(c) => c,
+            ModelArch::Mobilenetv2(c) => c,
             ModelArch::Swin(c) => c,
         }
     }
@@ -73,7 +79,50 @@ fn swin(name: &str, cfg: SwinConfig, mean: &[f32], std: &[f32], crop_pct: f64) -
     }
 }
 
+fn resnet(name: &str, cfg: ResNetConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        arch: ModelArch::Resnet(cfg),
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        crop_pct,
+    }
+}
+
+/// timm's resnet `_cfg` crop_pct.
+const RESNET_CROP_PCT: f64 = 0.875;
+
 const REGISTRY: &[Entry] = &[
+    ("vit_base_patch16_224", || {
+        vit(
+            "vit_base_patch16_224",
+            VitConfig {
+                no_embed_class: false,
+                init_values: None,
+                drop_path_rate: 0.0,
+                ..VitConfig::deit3_base_patch16_224()
+            },
+            &[0.5; 3],
+            &[0.5; 3],
+            0.9,
+        )
+    }),
+    ("vit_base_patch16_clip_224", || {
+        vit(
+            "vit_base_patch16_clip_224",
+            VitConfig::vit_base_patch16_clip_224(),
+            &crate::pretrained::OPENAI_CLIP_MEAN,
+            &crate::pretrained::OPENAI_CLIP_STD,
+            1.0,
+        )
+    }),
+    ("mobilenetv2_100", || ModelSpec {
+        name: "mobilenetv2_100".into(),
+        arch: ModelArch::Mobilenetv2(MobileNetV2Config::mobilenetv2_100()),
+        mean: IMAGENET_MEAN.to_vec(),
+        std: IMAGENET_STD.to_vec(),
+        crop_pct: 0.875,
+    }),
     ("vit_fmnist_small", || {
         vit(
             "vit_fmnist_small",
@@ -128,6 +177,69 @@ const REGISTRY: &[Entry] = &[
             0.9,
         )
     }),
+    ("resnet_fmnist_small", || {
+        resnet(
+            "resnet_fmnist_small",
+            ResNetConfig::resnet_fmnist_small(),
+            &FASHION_MNIST_MEAN,
+            &FASHION_MNIST_STD,
+            1.0,
+        )
+    }),
+    ("resnet18", || {
+        resnet(
+            "resnet18",
+            ResNetConfig::resnet18(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet26", || {
+        resnet(
+            "resnet26",
+            ResNetConfig::resnet26(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet34", || {
+        resnet(
+            "resnet34",
+            ResNetConfig::resnet34(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet50", || {
+        resnet(
+            "resnet50",
+            ResNetConfig::resnet50(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet101", || {
+        resnet(
+            "resnet101",
+            ResNetConfig::resnet101(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
+    ("resnet152", || {
+        resnet(
+            "resnet152",
+            ResNetConfig::resnet152(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            RESNET_CROP_PCT,
+        )
+    }),
     ("swin_fmnist_small", || {
         swin(
             "swin_fmnist_small",
@@ -171,16 +283,36 @@ pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|(n, _)| *n).collect()
 }
 
-/// Look a model up by name.
+/// Look a model up by name: an architecture, or a pretrained tag `arch.tag`
+/// ([`crate::pretrained::PRETRAINED`]) whose preprocessing replaces the architecture's.
 pub fn lookup(name: &str) -> Result<ModelSpec> {
-    REGISTRY
+    if let Some((_, f)) = REGISTRY.iter().find(|(n, _)| *n == name) {
+        return Ok(f());
+    }
+    let unknown = || ModelError::UnknownModel {
+        name: name.into(),
+        known: names().join(", "),
+    };
+    let p = crate::pretrained::find(name).ok_or_else(unknown)?;
+    let arch = REGISTRY
         .iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| *n == p.arch)
         .map(|(_, f)| f())
         .ok_or_else(|| ModelError::UnknownModel {
             name: name.into(),
-            known: names().join(", "),
-        })
+            known: format!(
+                "its architecture `{}` is not part of this build; built: {}",
+                p.arch,
+                names().join(", ")
+            ),
+        })?;
+    Ok(ModelSpec {
+        name: name.into(),
+        mean: p.mean.to_vec(),
+        std: p.std.to_vec(),
+        crop_pct: p.crop_pct,
+        ..arch
+    })
 }
 
 impl ModelSpec {

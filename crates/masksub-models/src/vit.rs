@@ -44,6 +44,9 @@ pub struct VitConfig {
     /// LayerScale init value; `None` = no LayerScale.
     pub init_values: Option<f64>,
     pub global_pool: GlobalPool,
+    /// CLIP layout: a LayerNorm (`norm_pre`) on the tokens before the blocks, and a patch
+    /// embedding without bias (timm's `pre_norm=True`).
+    pub pre_norm: bool,
     pub drop_path_rate: f64,
     pub layer_norm_eps: f64,
 }
@@ -100,6 +103,7 @@ impl VitConfig {
             no_embed_class: true,
             init_values: Some(1e-6),
             global_pool: GlobalPool::Token,
+            pre_norm: false,
             drop_path_rate: 0.05,
             layer_norm_eps: 1e-6,
         }
@@ -153,6 +157,20 @@ impl VitConfig {
             + 2.0 * n * d * hidden; // fc1 + fc2
         let patch = (self.in_chans * self.patch_size * self.patch_size) as f64;
         2.0 * (l * patch * d + self.depth as f64 * per_block + d * self.num_classes as f64)
+    }
+
+    /// CLIP ViT-B/16 image tower as timm builds it (`vit_base_patch16_clip_224`): pre-norm,
+    /// LayerNorm eps 1e-5, cls pooling; the OpenAI checkpoint's `proj` becomes a 512-way head.
+    pub fn vit_base_patch16_clip_224() -> Self {
+        Self {
+            num_classes: 512,
+            no_embed_class: false,
+            init_values: None,
+            pre_norm: true,
+            layer_norm_eps: 1e-5,
+            drop_path_rate: 0.1,
+            ..Self::deit3_base_patch16_224()
+        }
     }
 
     pub fn grid(&self) -> TokenGrid {
@@ -322,9 +340,10 @@ impl Block {
 pub struct Vit {
     cfg: VitConfig,
     patch_w: Tensor,
-    patch_b: Tensor,
+    patch_b: Option<Tensor>,
     cls_token: Tensor,
     pos_embed: Tensor,
+    norm_pre: Option<LayerNorm>,
     blocks: Vec<Block>,
     norm: Option<LayerNorm>,
     fc_norm: Option<LayerNorm>,
@@ -349,14 +368,23 @@ impl Vit {
                 up: bound,
             },
         )?;
-        let patch_b = pe.get_with_hints(
-            d,
-            "bias",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let patch_b = if cfg.pre_norm {
+            None
+        } else {
+            Some(pe.get_with_hints(
+                d,
+                "bias",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
+        };
+        let norm_pre = if cfg.pre_norm {
+            Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("norm_pre"))?)
+        } else {
+            None
+        };
         let cls_token = vb.get_with_hints(
             (1, 1, d),
             "cls_token",
@@ -399,6 +427,7 @@ impl Vit {
             patch_b,
             cls_token,
             pos_embed,
+            norm_pre,
             blocks,
             norm,
             fc_norm,
@@ -446,7 +475,12 @@ impl Vit {
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
         let wm = self.patch_w.reshape((d, c * p * p))?;
-        Ok(ops::add_rows(&patches.matmul(&wm.t()?)?, &self.patch_b)?.reshape((b, gh * gw, d))?)
+        let t = patches.matmul(&wm.t()?)?;
+        let t = match &self.patch_b {
+            Some(bias) => ops::add_rows(&t, bias)?,
+            None => t,
+        };
+        Ok(t.reshape((b, gh * gw, d))?)
     }
 
     /// Gather per-sample kept tokens: (B, L, D) x (B, K) -> (B, K, D), as one index_select on the
@@ -512,6 +546,9 @@ impl Vit {
         train: bool,
     ) -> Result<Tensor> {
         let mut t = self.embed(x, keep)?;
+        if let Some(n) = &self.norm_pre {
+            t = n.forward(&t)?;
+        }
         for blk in &self.blocks {
             t = blk.forward(&t, train, &self.drop_path_rng)?;
         }

@@ -119,6 +119,7 @@ impl Fixture {
             no_embed_class: self.meta("no_embed_class"),
             init_values: self.meta("init_values"),
             global_pool: self.meta::<GlobalPool>("global_pool"),
+            pre_norm: false,
             drop_path_rate: 0.0,
             layer_norm_eps: self.meta("layer_norm_eps"),
         };

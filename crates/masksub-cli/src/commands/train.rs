@@ -65,6 +65,15 @@ pub struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long)]
     warmup_epochs: Option<f64>,
+    /// Start from the model tag's pretrained weights (Hugging Face Hub, cache first)
+    #[arg(long)]
+    pretrained: bool,
+    /// Start from this checkpoint file (safetensors, .pth/.bin; timm/MAE/CLIP/DeiT-III/torchvision keys)
+    #[arg(long)]
+    checkpoint_path: Option<PathBuf>,
+    /// Layer-wise lr decay, e.g. 0.65 for MAE fine-tuning
+    #[arg(long)]
+    layer_decay: Option<f64>,
     /// Label smoothing
     #[arg(long)]
     smoothing: Option<f64>,
@@ -112,6 +121,9 @@ impl TrainArgs {
             || self.opt.is_some()
             || self.warmup_epochs.is_some()
             || self.smoothing.is_some()
+            || self.pretrained
+            || self.checkpoint_path.is_some()
+            || self.layer_decay.is_some()
             || self.clip_grad.is_some()
             || self.drop_path.is_some()
             || self.train_subset.is_some()
@@ -141,6 +153,15 @@ impl TrainArgs {
         }
         if self.clip_grad.is_some() {
             cfg.clip_grad = self.clip_grad;
+        }
+        if self.pretrained {
+            cfg.pretrained = true;
+        }
+        if self.checkpoint_path.is_some() {
+            cfg.checkpoint_path = self.checkpoint_path.clone();
+        }
+        if self.layer_decay.is_some() {
+            cfg.layer_decay = self.layer_decay;
         }
         if self.drop_path.is_some() {
             cfg.drop_path = self.drop_path;
