@@ -85,6 +85,8 @@ fn grad_sums(x: &[f32], g: &[f32], d: Dims, eps: f32) -> Vec<[f64; 4]> {
 struct BnStats;
 struct BnFwd {
     eps: f32,
+    /// Apply a ReLU to the output (conv-bn-relu without a separate pass).
+    relu: bool,
 }
 struct BnBwdInput {
     eps: f32,
@@ -147,6 +149,7 @@ impl CustomOp3 for BnFwd {
             })
             .collect();
         let mut y = vec![0f32; x.len()];
+        let relu = self.relu;
         y.par_chunks_mut(d.hw.max(1))
             .zip(x.par_chunks(d.hw.max(1)))
             .enumerate()
@@ -154,6 +157,9 @@ impl CustomOp3 for BnFwd {
                 let (scale, shift) = coef[i % d.c];
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = x * scale + shift;
+                }
+                if relu {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -164,10 +170,15 @@ impl CustomOp3 for BnFwd {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, w, g) = (x.detach(), w.detach(), g.detach().contiguous()?);
+        let g = if self.relu {
+            super::relu::relu_backward(g, res)?
+        } else {
+            g.detach().contiguous()?
+        };
+        let (x, w) = (x.detach(), w.detach());
         let dx = x.apply_op3_no_bwd(&w, &g, &BnBwdInput { eps: self.eps })?;
         let dwdb = x.apply_op2_no_bwd(&g, &BnBwdParams { eps: self.eps })?;
         Ok((Some(dx), Some(dwdb.get(0)?), Some(dwdb.get(1)?)))
@@ -255,15 +266,37 @@ pub fn channel_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Train-mode BatchNorm: `(x - mean) / sqrt(var + eps) * weight + bias` with the batch's
 /// per-channel mean and biased variance; differentiable in `x`, `weight` and `bias`.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    bn_train(x, weight, bias, eps, false)
+}
+
+/// `relu(batch_norm_train(..))` in one pass each way on the CPU.
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    bn_train(x, weight, bias, eps, true)
+}
+
+fn bn_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<Tensor> {
     x.dims4()?;
     if use_fused(x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            BnFwd { eps: eps as f32 },
+            BnFwd {
+                eps: eps as f32,
+                relu,
+            },
         );
     }
-    batch_norm_train_composed(x, weight, bias, eps)
+    let y = batch_norm_train_composed(x, weight, bias, eps)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 /// [`batch_norm_train`] from candle primitives (every device and dtype).
@@ -335,6 +368,30 @@ mod tests {
         ] {
             let d = max_abs_diff(u, v);
             assert!(d < tol, "{what}: {d}");
+        }
+        // With the ReLU fused in: the same as a separate ReLU after the composed version.
+        let (xv, wv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let y = batch_norm_train_relu(xv.as_tensor(), wv.as_tensor(), &b0, 1e-5).unwrap();
+        let g = (&y * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+        let (xc, wc) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let yc = batch_norm_train_composed(xc.as_tensor(), wc.as_tensor(), &b0, 1e-5)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let gc = (&yc * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_abs_diff(&y, &yc) < 1e-5);
+        for (u, v) in [(&xv, &xc), (&wv, &wc)] {
+            let d = max_abs_diff(
+                g.get(u.as_tensor()).unwrap(),
+                gc.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "bn+relu gradient: {d}");
         }
         // The input gradient of a BatchNorm sums to zero per channel (the mean is removed).
         let per_channel = a.1.sum((0, 2, 3)).unwrap().to_vec1::<f32>().unwrap();
