@@ -1,8 +1,8 @@
 //! BatchNorm over (N, H, W) per channel of an NCHW tensor (PyTorch's `F.batch_norm`).
 //!
 //! Train mode normalizes with the batch's mean and biased variance and back-propagates through
-//! them; the fused f32 CPU kernels do forward and backward per channel in one sweep each
-//! (sums in f64, in a fixed order, so results do not depend on the thread count). Eval mode is a
+//! them; the fused f32 CPU kernels gather per-channel sums in one sweep (f64, in a fixed order,
+//! so results do not depend on the thread count) and apply them in a second. Eval mode is a
 //! per-channel affine map from the running statistics. Other devices and dtypes use candle
 //! compositions, which autograd differentiates.
 
@@ -36,50 +36,66 @@ impl Dims {
     }
 }
 
-/// Mean and biased variance of every channel (two passes, f64 sums).
-fn stats(x: &[f32], d: Dims) -> Vec<(f64, f64)> {
+/// Per channel, sums over (N, H, W) in f64 of the given per-element terms, in one sweep.
+fn channel_sums<const K: usize>(
+    d: Dims,
+    f: impl Fn(usize, usize, &mut [f64; K]) + Sync,
+) -> Vec<[f64; K]> {
     (0..d.c)
         .into_par_iter()
         .map(|c| {
-            let n = d.n().max(1) as f64;
-            let sum: f64 = (0..d.b)
-                .map(|b| d.plane(x, b, c).iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
-            let mean = sum / n;
-            let ss: f64 = (0..d.b)
-                .map(|b| {
-                    d.plane(x, b, c)
-                        .iter()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>()
-                })
-                .sum();
-            (mean, ss / n)
+            let mut acc = [0f64; K];
+            for b in 0..d.b {
+                f(b, c, &mut acc);
+            }
+            acc
         })
         .collect()
+}
+
+/// Mean and biased variance of every channel, from one sweep of f64 sums of x and x^2 (f64
+/// keeps E[x^2] - E[x]^2 exact to far below f32 resolution for activations).
+fn stats(x: &[f32], d: Dims) -> Vec<(f64, f64)> {
+    let n = d.n().max(1) as f64;
+    channel_sums::<2>(d, |b, c, acc| {
+        for &v in d.plane(x, b, c) {
+            let v = v as f64;
+            acc[0] += v;
+            acc[1] += v * v;
+        }
+    })
+    .into_iter()
+    .map(|[s, ss]| {
+        let mean = s / n;
+        (mean, (ss / n - mean * mean).max(0.0))
+    })
+    .collect()
 }
 
 fn rstd(var: f64, eps: f32) -> f64 {
     1.0 / (var + eps as f64).sqrt()
 }
 
-/// Per channel: (mean, rstd, sum g, sum g * xhat).
+/// Per channel: (mean, rstd, sum g, sum g * xhat), from one sweep over x and g.
 fn grad_sums(x: &[f32], g: &[f32], d: Dims, eps: f32) -> Vec<[f64; 4]> {
-    stats(x, d)
-        .into_par_iter()
-        .enumerate()
-        .map(|(c, (mean, var))| {
-            let r = rstd(var, eps);
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for b in 0..d.b {
-                for (&xv, &gv) in d.plane(x, b, c).iter().zip(d.plane(g, b, c)) {
-                    sg += gv as f64;
-                    sgx += gv as f64 * (xv as f64 - mean) * r;
-                }
-            }
-            [mean, r, sg, sgx]
-        })
-        .collect()
+    let n = d.n().max(1) as f64;
+    channel_sums::<4>(d, |b, c, acc| {
+        for (&xv, &gv) in d.plane(x, b, c).iter().zip(d.plane(g, b, c)) {
+            let (xv, gv) = (xv as f64, gv as f64);
+            acc[0] += xv;
+            acc[1] += xv * xv;
+            acc[2] += gv;
+            acc[3] += gv * xv;
+        }
+    })
+    .into_iter()
+    .map(|[sx, sxx, sg, sgx]| {
+        let mean = sx / n;
+        let r = rstd((sxx / n - mean * mean).max(0.0), eps);
+        // sum g * (x - mean) * r
+        [mean, r, sg, (sgx - mean * sg) * r]
+    })
+    .collect()
 }
 
 struct BnStats;
