@@ -11,9 +11,12 @@ const END: &str = "<!-- xtask sub-cost: end -->";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Registry model to measure.
-    #[arg(long, default_value = "vit_fmnist_small")]
-    model: String,
+    /// Registry models to measure (repeat the flag), one table row each.
+    #[arg(long = "model", default_values_t = [
+        "vit_fmnist_small".to_string(),
+        "resnet_fmnist_small".to_string(),
+    ])]
+    models: Vec<String>,
     /// Training images per measured run (one epoch over them).
     #[arg(long, default_value_t = 6400)]
     images: usize,
@@ -36,10 +39,10 @@ fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
+fn run_arm(bin: &Path, a: &Args, model: &str, sub: &str, out: &Path) -> Result<f64> {
     let status = Command::new(bin)
         .args(["train", "--quiet", "--epochs", "1", "--warmup-epochs", "0"])
-        .args(["--model", &a.model, "--sub", sub])
+        .args(["--model", model, "--sub", sub])
         .args([
             "--train-subset",
             &a.images.to_string(),
@@ -51,7 +54,7 @@ fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
         .status()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if !status.success() {
-        bail!("masksub train --sub {sub} failed ({status})");
+        bail!("masksub train --model {model} --sub {sub} failed ({status})");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
@@ -91,8 +94,8 @@ fn cpu_model() -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.rounds == 0 {
-        bail!("--rounds must be positive");
+    if a.rounds == 0 || a.models.is_empty() {
+        bail!("--rounds must be positive and at least one --model given");
     }
     let root = repo_root();
     let st = Command::new("cargo")
@@ -104,40 +107,49 @@ pub fn run(a: Args) -> Result<()> {
     }
     let bin = root.join("target/release/masksub");
     let tmp = tempfile_dir()?;
-    let (mut plain, mut masked) = (Vec::new(), Vec::new());
+    // Per model: (plain img/s, MaskSub img/s) of every round.
+    let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); a.models.len()];
     for r in 0..a.rounds {
-        plain.push(run_arm(&bin, &a, "none", &tmp.join(format!("none-{r}")))?);
-        masked.push(run_arm(
-            &bin,
-            &a,
-            "masking",
-            &tmp.join(format!("masking-{r}")),
-        )?);
-        println!(
-            "round {}: none {:.1} img/s, masking {:.1} img/s",
-            r + 1,
-            plain[r],
-            masked[r]
-        );
+        for (model, (plain, masked)) in a.models.iter().zip(runs.iter_mut()) {
+            let dir = |sub: &str| tmp.join(format!("{model}-{sub}-{r}"));
+            plain.push(run_arm(&bin, &a, model, "none", &dir("none"))?);
+            masked.push(run_arm(&bin, &a, model, "masking", &dir("masking"))?);
+            println!(
+                "round {}: {model}: none {:.1} img/s, masking {:.1} img/s",
+                r + 1,
+                plain[r],
+                masked[r]
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    let (mp, mm) = (median(&mut plain.clone()), median(&mut masked.clone()));
+    let (mut rows, mut rounds) = (String::new(), String::new());
+    for (model, (plain, masked)) in a.models.iter().zip(&runs) {
+        let (mp, mm) = (median(&mut plain.clone()), median(&mut masked.clone()));
+        rows += &format!("| {model} | {mp:.1} | {mm:.1} | {:.2}x |\n", mp / mm);
+        let per: Vec<String> = plain
+            .iter()
+            .zip(masked)
+            .map(|(p, m)| format!("{p:.1} / {m:.1}"))
+            .collect();
+        rounds += &format!("- {model}: {}\n", per.join(", "));
+        println!(
+            "{model}: plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x",
+            mp / mm
+        );
+    }
     let section = format!(
         "{BEGIN}\n## MaskSub step cost (`cargo xtask sub-cost`)\n\n\
          Training throughput of the same model on the same real Fashion-MNIST images, one epoch of {} images per run, batch {}, {} threads, \
-         {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one).\n\n\
-         | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.2}x |\n\n\
-         Per round (plain / MaskSub): {}\n\n\
+         {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one). \
+         A ViT's sub pass drops half of the tokens; a CNN's sub pass zeroes pixel patches and runs at full size.\n\n\
+         | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n{rows}\n\
+         Per round (plain / MaskSub):\n{rounds}\n\
          Machine: {} ({} cores visible), {}; masksub {}; date {}.\n{END}\n",
         a.images,
         a.batch_size,
         a.threads,
         a.rounds,
-        a.model,
-        mp,
-        mm,
-        mp / mm,
-        plain.iter().zip(&masked).map(|(p, m)| format!("{p:.1} / {m:.1}")).collect::<Vec<_>>().join(", "),
         cpu_model(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         capture("rustc", &["--version"]),
@@ -160,11 +172,7 @@ pub fn run(a: Args) -> Result<()> {
         _ => format!("{}\n{}", old.trim_end(), section),
     };
     std::fs::write(&path, new).with_context(|| format!("{}: cannot write", path.display()))?;
-    println!(
-        "plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x -> {}",
-        mp / mm,
-        path.display()
-    );
+    println!("-> {}", path.display());
     Ok(())
 }
 

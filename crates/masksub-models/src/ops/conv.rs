@@ -80,29 +80,46 @@ fn contiguous<'a, T: candle_core::WithDType>(
 fn unfold<T: Copy + Default + Send + Sync>(g: Geom, x: &[T]) -> Vec<T> {
     let (oh, ow, l) = (g.oh(), g.ow(), g.l());
     let bl = g.b * l;
+    // Stride 1 and an output as wide as the input (3x3 pad 1, 1x1 pad 0): a kernel offset is
+    // one shift of the flattened plane, so each (row, sample) is a single copy plus zeroing the
+    // few border cells that wrapped around from the neighbouring image row.
+    let shift = g.stride == 1 && ow == g.w;
     let mut col = vec![T::default(); g.rows() * bl];
     col.par_chunks_mut(bl).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / (g.k * g.k), (r / g.k) % g.k, r % g.k);
         let (y0, y1) = g.valid(ky, g.h, oh);
         let (x0, x1) = g.valid(kx, g.w, ow);
-        if x0 >= x1 {
-            return; // this kernel column only ever sees padding
+        if x0 >= x1 || y0 >= y1 {
+            return; // this kernel offset only ever sees padding
         }
         for b in 0..g.b {
             let plane = &x[(b * g.c + c) * g.h * g.w..][..g.h * g.w];
             let dst = &mut row[b * l..][..l];
+            if shift {
+                let (lo, hi) = (y0 * ow + x0, (y1 - 1) * ow + x1);
+                let src0 = (y0 + ky - g.pad) * g.w + x0 + kx - g.pad;
+                dst[lo..hi].copy_from_slice(&plane[src0..src0 + (hi - lo)]);
+                for oy in y0..y1 {
+                    let r = &mut dst[oy * ow..][..ow];
+                    let (left, right) = (oy > y0, oy + 1 < y1);
+                    if left {
+                        r[..x0].iter_mut().for_each(|v| *v = T::default());
+                    }
+                    if right {
+                        r[x1..].iter_mut().for_each(|v| *v = T::default());
+                    }
+                }
+                continue;
+            }
+            let ix0 = x0 * g.stride + kx - g.pad;
             for oy in y0..y1 {
-                let src = &plane[(oy * g.stride + ky - g.pad) * g.w..][..g.w];
-                let dst = &mut dst[oy * ow..][..ow];
-                let ix0 = x0 * g.stride + kx - g.pad;
+                let src = &plane[(oy * g.stride + ky - g.pad) * g.w + ix0..];
+                let dst = &mut dst[oy * ow..][x0..x1];
                 if g.stride == 1 {
-                    dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    dst.copy_from_slice(&src[..dst.len()]);
                 } else {
-                    for (d, s) in dst[x0..x1]
-                        .iter_mut()
-                        .zip(src[ix0..].iter().step_by(g.stride))
-                    {
-                        *d = *s;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src[j * g.stride];
                     }
                 }
             }
