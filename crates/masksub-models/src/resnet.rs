@@ -445,8 +445,11 @@ impl ArchConfig for ResNetConfig {
     }
     fn describe(&self) -> String {
         format!(
-            "ResNet {:?} {:?} w{:?} mask/{}",
-            self.block, self.layers, self.channels, self.mask_patch_size
+            "ResNet {:?} {:?} w{} mask {}px",
+            self.block,
+            self.layers,
+            self.channels.first().copied().unwrap_or(0),
+            self.mask_patch_size
         )
     }
     fn build(
