@@ -107,6 +107,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let bin = root.join("target/release/masksub");
     let tmp = tempfile_dir()?;
+    // Other processes slow every arm; the load average says how busy the machine was.
+    let load_start = load_average();
     // Per model: (plain img/s, MaskSub img/s) of every round.
     let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); a.models.len()];
     for r in 0..a.rounds {
@@ -145,13 +147,15 @@ pub fn run(a: Args) -> Result<()> {
          A ViT's sub pass drops half of the tokens; a CNN's sub pass zeroes pixel patches and runs at full size.\n\n\
          | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n{rows}\n\
          Per round (plain / MaskSub):\n{rounds}\n\
-         Machine: {} ({} cores visible), {}; masksub {}; date {}.\n{END}\n",
+         Machine: {} ({} cores visible, load average {} at the start and {} at the end), {}; masksub {}; date {}.\n{END}\n",
         a.images,
         a.batch_size,
         a.threads,
         a.rounds,
         cpu_model(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load_start,
+        load_average(),
         capture("rustc", &["--version"]),
         capture("git", &["rev-parse", "--short", "HEAD"]),
         chrono::Local::now().format("%Y-%m-%d %H:%M"),
@@ -174,6 +178,14 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(&path, new).with_context(|| format!("{}: cannot write", path.display()))?;
     println!("-> {}", path.display());
     Ok(())
+}
+
+/// The 1-minute load average (Linux), or "unknown".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

@@ -3,7 +3,7 @@
 //! candle 0.11's CPU conv2d backward goes through `conv_transpose2d`, a single-threaded layout
 //! copy plus a dot product per output pixel (and it mis-sizes the input gradient of non-square
 //! inputs). Here one custom op does the forward as unfold (im2col: a (C*k*k, B*OH*OW) matrix)
-//! + one GEMM with the (O, C*k*k) kernel; its backward re-unfolds the input (so no unfolded
+//! and one GEMM with the (O, C*k*k) kernel; its backward re-unfolds the input (so no unfolded
 //! matrix is kept alive between the passes) and does one GEMM per gradient, then folds the
 //! input gradient back (col2im). Unfold and fold run on rayon over rows / planes with
 //! contiguous inner loops (a slice copy at stride 1); the fold sums in a fixed order, so results

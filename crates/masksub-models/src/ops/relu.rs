@@ -167,7 +167,7 @@ mod tests {
         for i in 0..ys.len() {
             assert_eq!(gs[i], if ys[i] > 0.0 { g[i] } else { 0.0 });
         }
-        assert!(ys.iter().any(|&v| v == 0.0) && ys.iter().any(|&v| v > 0.0));
+        assert!(ys.contains(&0.0) && ys.iter().any(|&v| v > 0.0));
     }
 
     #[test]
