@@ -3,6 +3,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod common;
+mod scaling;
 mod sub_cost;
 
 #[derive(Parser)]
@@ -17,10 +20,18 @@ enum Command {
     /// Measure training img/s of plain vs MaskSub steps (same model, same data) and write the
     /// "MaskSub step cost" section of BENCHMARKS.md.
     SubCost(sub_cost::Args),
+    /// Measure data-parallel img/s at 1 and 2 MPI ranks and the all-reduce share of a step,
+    /// and write the "Data-parallel scaling" section of BENCHMARKS.md (needs Open MPI).
+    Scaling(scaling::Args),
+    /// Time masksub's training step against PyTorch eager + timm (same model, recipe, threads)
+    /// and write the "Training speed" section of BENCHMARKS.md (needs torch + timm).
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::SubCost(a) => sub_cost::run(a),
+        Command::Scaling(a) => scaling::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

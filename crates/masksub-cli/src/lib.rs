@@ -1,12 +1,14 @@
 //! The composition layer of masksub: the training loop and everything around it (checkpoints,
 //! metrics, progress, collectives), reusable by the `masksub` binary and by `xtask`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod eval;
 pub mod metrics;
 pub mod progress;
+pub mod recipe;
 pub mod step;
 pub mod trainer;
 

@@ -27,6 +27,11 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// List the registered models.
     Models(commands::models::ModelsArgs),
+    /// List the shipped training recipes (`train --recipe NAME`).
+    Recipes(commands::recipes::RecipesArgs),
+    /// Measure training-step or inference throughput.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_e` in mimalloc v2 and v3).
@@ -49,6 +54,8 @@ fn main() {
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Models(a) => commands::models::run(a),
+        Command::Bench(c) => commands::bench::run(c),
+        Command::Recipes(a) => commands::recipes::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
