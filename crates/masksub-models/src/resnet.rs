@@ -132,6 +132,41 @@ impl ResNetConfig {
         self.channels.last().copied().unwrap_or(0) * self.block.expansion()
     }
 
+    /// Forward FLOPs of one image (2 per multiply-add; convolutions and `fc`, which is all but
+    /// a few percent). The sub pass zeroes pixels but computes at full size, so a masked
+    /// forward costs the same.
+    pub fn forward_flops(&self) -> f64 {
+        // (c_in, c_out, kernel, output side) of one conv.
+        let conv =
+            |ci: usize, co: usize, k: usize, side: usize| (ci * co * k * k * side * side) as f64;
+        let down =
+            |side: usize, k: usize, stride: usize, pad: usize| (side + 2 * pad - k) / stride + 1;
+        let mut side = down(self.img_size, 7, 2, 3);
+        let mut macs = conv(self.in_chans, STEM_WIDTH, 7, side);
+        side = down(side, 3, 2, 1);
+        let mut inplanes = STEM_WIDTH;
+        for (s, (&n, &planes)) in self.layers.iter().zip(&self.channels).enumerate() {
+            let out = planes * self.block.expansion();
+            for i in 0..n {
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                let o = down(side, 3, stride, 1);
+                macs += match self.block {
+                    BlockType::Basic => conv(inplanes, planes, 3, o) + conv(planes, out, 3, o),
+                    BlockType::Bottleneck => {
+                        conv(inplanes, planes, 1, side)
+                            + conv(planes, planes, 3, o)
+                            + conv(planes, out, 1, o)
+                    }
+                };
+                if stride != 1 || inplanes != out {
+                    macs += conv(inplanes, out, 1, o);
+                }
+                (side, inplanes) = (o, out);
+            }
+        }
+        2.0 * (macs + (inplanes * self.num_classes) as f64)
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (field, v) in [
             ("in_chans", self.in_chans),
@@ -443,6 +478,9 @@ impl ArchConfig for ResNetConfig {
     fn validate(&self) -> Result<()> {
         ResNetConfig::validate(self)
     }
+    fn forward_flops(&self, _mask_ratio: Option<f64>) -> Option<f64> {
+        Some(ResNetConfig::forward_flops(self))
+    }
     fn describe(&self) -> String {
         format!(
             "ResNet {:?} {:?} w{} mask {}px",
@@ -493,6 +531,19 @@ mod tests {
                 (numel, n_params, n_keys),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn flops_match_timms_gmacs() {
+        // torch.utils.flop_counter on timm 1.0.31's models at 224 px, / 2: 1.814 and 4.089
+        // GMACs (timm's model cards round to 1.8 and 4.1).
+        for (cfg, gmacs) in [
+            (ResNetConfig::resnet18(), 1.814073344),
+            (ResNetConfig::resnet50(), 4.089184256),
+        ] {
+            let got = cfg.forward_flops() / 2e9;
+            assert!((got / gmacs - 1.0).abs() < 1e-3, "{got} vs {gmacs}");
         }
     }
 
