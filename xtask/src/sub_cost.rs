@@ -11,12 +11,9 @@ use std::process::Command;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Registry models to measure (repeat the flag), one table row each.
-    #[arg(long = "model", default_values_t = [
-        "vit_fmnist_small".to_string(),
-        "resnet_fmnist_small".to_string(),
-    ])]
-    models: Vec<String>,
+    /// Registry model to measure.
+    #[arg(long, default_value = "vit_fmnist_small")]
+    model: String,
     /// Training images per measured run (one epoch over them).
     #[arg(long, default_value_t = 6400)]
     images: usize,
@@ -32,10 +29,10 @@ pub struct Args {
     file: PathBuf,
 }
 
-fn run_arm(bin: &Path, a: &Args, model: &str, sub: &str, out: &Path) -> Result<f64> {
+fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
     let status = Command::new(bin)
         .args(["train", "--quiet", "--epochs", "1", "--warmup-epochs", "0"])
-        .args(["--model", model, "--sub", sub])
+        .args(["--model", &a.model, "--sub", sub])
         .args([
             "--train-subset",
             &a.images.to_string(),
@@ -47,12 +44,22 @@ fn run_arm(bin: &Path, a: &Args, model: &str, sub: &str, out: &Path) -> Result<f
         .status()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if !status.success() {
-        bail!("masksub train --model {model} --sub {sub} failed ({status})");
+        bail!("masksub train --sub {sub} failed ({status})");
     }
     summary_f64(&read_summary(out)?, "train_img_per_s")
 }
 
-/// The 1-minute load average (Linux), or "unknown".
+/// The default model keeps the original section name; every other model gets its own section,
+/// so measuring one family never erases another's.
+fn section_name(model: &str) -> String {
+    if model == "vit_fmnist_small" {
+        "sub-cost".into()
+    } else {
+        format!("sub-cost {model}")
+    }
+}
+
+/// 1-minute load average (Linux), so a section says whether the machine was shared.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -61,60 +68,56 @@ fn load_average() -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.rounds == 0 || a.models.is_empty() {
-        bail!("--rounds must be positive and at least one --model given");
+    if a.rounds == 0 {
+        bail!("--rounds must be positive");
     }
     let bin = build_masksub(&[])?;
+    let load_before = load_average();
     let tmp = scratch_dir("sub-cost")?;
-    // Other processes slow every arm; the load average says how busy the machine was.
-    let load_start = load_average();
-    // Per model: (plain img/s, MaskSub img/s) of every round.
-    let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); a.models.len()];
+    let (mut plain, mut masked) = (Vec::new(), Vec::new());
     for r in 0..a.rounds {
-        for (model, (plain, masked)) in a.models.iter().zip(runs.iter_mut()) {
-            let dir = |sub: &str| tmp.join(format!("{model}-{sub}-{r}"));
-            plain.push(run_arm(&bin, &a, model, "none", &dir("none"))?);
-            masked.push(run_arm(&bin, &a, model, "masking", &dir("masking"))?);
-            println!(
-                "round {}: {model}: none {:.1} img/s, masking {:.1} img/s",
-                r + 1,
-                plain[r],
-                masked[r]
-            );
-        }
-    }
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (mut rows, mut rounds) = (String::new(), String::new());
-    for (model, (plain, masked)) in a.models.iter().zip(&runs) {
-        let (mp, mm) = (median(plain), median(masked));
-        rows += &format!("| {model} | {mp:.1} | {mm:.1} | {:.2}x |\n", mp / mm);
-        let per: Vec<String> = plain
-            .iter()
-            .zip(masked)
-            .map(|(p, m)| format!("{p:.1} / {m:.1}"))
-            .collect();
-        rounds += &format!("- {model}: {}\n", per.join(", "));
+        plain.push(run_arm(&bin, &a, "none", &tmp.join(format!("none-{r}")))?);
+        masked.push(run_arm(
+            &bin,
+            &a,
+            "masking",
+            &tmp.join(format!("masking-{r}")),
+        )?);
         println!(
-            "{model}: plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x",
-            mp / mm
+            "round {}: none {:.1} img/s, masking {:.1} img/s",
+            r + 1,
+            plain[r],
+            masked[r]
         );
     }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (mp, mm) = (median(&plain), median(&masked));
     let body = format!(
-        "## MaskSub step cost (`cargo xtask sub-cost`)\n\n\
+        "## MaskSub step cost: {} (`cargo xtask sub-cost --model {}`)\n\n\
          Training throughput of the same model on the same real Fashion-MNIST images, one epoch of {} images per run, batch {}, {} threads, \
-         {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one). \
-         A ViT's sub pass drops half of the tokens; a CNN's sub pass zeroes pixel patches and runs at full size.\n\n\
-         | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n{rows}\n\
-         Per round (plain / MaskSub):\n{rounds}\n\
-         Load average (1 min) {load_start} at the start, {} at the end.\n\n{}",
+         {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one).\n\n\
+         | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.2}x |\n\n\
+         Per round (plain / MaskSub): {}\n\nLoad average {} before / {} after. {}",
+        a.model,
+        a.model,
         a.images,
         a.batch_size,
         a.threads,
         a.rounds,
+        a.model,
+        mp,
+        mm,
+        mp / mm,
+        plain.iter().zip(&masked).map(|(p, m)| format!("{p:.1} / {m:.1}")).collect::<Vec<_>>().join(", "),
+        load_before,
         load_average(),
         machine_line(),
     );
-    let path = write_section(&a.file, "sub-cost", &body)?;
-    println!("-> {}", path.display());
+    let path = write_section(&a.file, &section_name(&a.model), &body)?;
+    println!(
+        "plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x -> {}",
+        mp / mm,
+        path.display()
+    );
     Ok(())
 }

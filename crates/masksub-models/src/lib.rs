@@ -3,6 +3,7 @@
 //! - [`vit`]: Vision Transformer (DeiT-III and MAE fine-tune layouts) with a token-drop sub pass;
 //! - [`resnet`]: ResNet (BasicBlock / Bottleneck, BatchNorm with running statistics) whose sub
 //!   pass zeroes pixel patches ([`pixel_mask`]); CNN layers in [`cnn_layers`];
+//! - [`swin`]: Swin Transformer (shifted windows) with a mask-token sub pass;
 //! - [`registry`]: timm-style model names with their configs and preprocessing;
 //! - [`model`]: the fixed interface every family implements;
 //! - [`weights`]: strict state-dict loading and saving; [`init`]: seeded initialisation;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod pixel_mask;
 pub mod registry;
 pub mod resnet;
+pub mod swin;
 pub mod vit;
 pub mod weights;
 
@@ -26,6 +28,7 @@ pub use error::ModelError;
 pub use model::{ImageClassifier, LoadedModel};
 pub use registry::{ModelArch, ModelSpec};
 pub use resnet::{BlockType, ResNet, ResNetConfig};
+pub use swin::{Swin, SwinConfig};
 pub use vit::{GlobalPool, Vit, VitConfig};
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -16,7 +16,7 @@ const B: usize = 4;
 fn vit_cfg(spec: &ModelSpec) -> &VitConfig {
     match &spec.arch {
         ModelArch::Vit(c) => c,
-        other => panic!("not a ViT: {other:?}"),
+        other => panic!("{} is not a ViT: {other:?}", spec.name),
     }
 }
 
