@@ -490,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=sorted(FAMILIES), help="regenerate one family's fixtures")
+    parser.add_argument("--only", choices=sorted([*FAMILIES, "swin"]),
+                        help="regenerate one family's fixtures")
     args = parser.parse_args(argv)
     setup_determinism()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -499,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, family):
             total += run()
     print(f"total: {total} bytes ({total / 1024:.1f} KiB); torch {torch.__version__}, timm {timm.__version__}")
-    import fixtures_swin  # Swin fixtures (own file; shares this file's serializer and settings)
-    fixtures_swin.main()
+    if args.only in (None, "swin"):
+        import fixtures_swin  # Swin fixtures (own file; shares this file's serializer and settings)
+        fixtures_swin.main()
     return 0
 
 

@@ -127,15 +127,25 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+
+    /// `relu(self.forward(x, train))`, fused into the normalization in train mode.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
-            return ops::batch_norm_eval(
+            let y = ops::batch_norm_eval(
                 x,
                 self.running_mean.as_tensor(),
                 self.running_var.as_tensor(),
                 &self.weight,
                 &self.bias,
                 self.eps,
-            );
+            )?;
+            return if relu { ops::relu(&y) } else { Ok(y) };
         }
         let (b, _, h, w) = x.dims4()?;
         let n = b * h * w;
@@ -147,7 +157,11 @@ impl BatchNorm2d {
             );
         }
         self.update_running_stats(x, n)?;
-        ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)
+        if relu {
+            ops::batch_norm_train_relu(x, &self.weight, &self.bias, self.eps)
+        } else {
+            ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)
+        }
     }
 
     fn update_running_stats(&self, x: &Tensor, n: usize) -> Result<()> {

@@ -40,7 +40,8 @@ impl BlockType {
     }
 }
 
-/// Channels of timm's default (single 7x7 conv) stem: 64 whatever `channels` says.
+/// Channels of timm's default (single 7x7 conv) stem: 64 whatever `channels` or timm's
+/// `stem_width` say (`stem_width` only sizes the deep stems).
 pub const STEM_WIDTH: usize = 64;
 
 /// ResNet hyper-parameters; field names as timm's constructor arguments where timm has them
@@ -106,8 +107,9 @@ impl ResNetConfig {
         Self::imagenet(BlockType::Bottleneck, [3, 8, 36, 3])
     }
 
-    /// Fashion-MNIST/MNIST 28x28x1: ResNet-18's layout at a quarter of its stage widths
-    /// (the stem keeps timm's 64 channels); 4 px mask patches -> a 7x7 unit grid.
+    /// Fashion-MNIST/MNIST 28x28x1: ResNet-18's layout (BasicBlocks, 2 per stage) at a
+    /// quarter of its stage widths (the stem keeps timm's 64 channels); 4 px mask patches ->
+    /// a 7x7 unit grid.
     pub fn resnet_fmnist_small() -> Self {
         Self {
             channels: vec![16, 32, 64, 128],
@@ -128,6 +130,41 @@ impl ResNetConfig {
     /// Channels of the features `fc` sees.
     pub fn num_features(&self) -> usize {
         self.channels.last().copied().unwrap_or(0) * self.block.expansion()
+    }
+
+    /// Forward FLOPs of one image (2 per multiply-add; convolutions and `fc`, which is all but
+    /// a few percent). The sub pass zeroes pixels but computes at full size, so a masked
+    /// forward costs the same.
+    pub fn forward_flops(&self) -> f64 {
+        // (c_in, c_out, kernel, output side) of one conv.
+        let conv =
+            |ci: usize, co: usize, k: usize, side: usize| (ci * co * k * k * side * side) as f64;
+        let down =
+            |side: usize, k: usize, stride: usize, pad: usize| (side + 2 * pad - k) / stride + 1;
+        let mut side = down(self.img_size, 7, 2, 3);
+        let mut macs = conv(self.in_chans, STEM_WIDTH, 7, side);
+        side = down(side, 3, 2, 1);
+        let mut inplanes = STEM_WIDTH;
+        for (s, (&n, &planes)) in self.layers.iter().zip(&self.channels).enumerate() {
+            let out = planes * self.block.expansion();
+            for i in 0..n {
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                let o = down(side, 3, stride, 1);
+                macs += match self.block {
+                    BlockType::Basic => conv(inplanes, planes, 3, o) + conv(planes, out, 3, o),
+                    BlockType::Bottleneck => {
+                        conv(inplanes, planes, 1, side)
+                            + conv(planes, planes, 3, o)
+                            + conv(planes, out, 1, o)
+                    }
+                };
+                if stride != 1 || inplanes != out {
+                    macs += conv(inplanes, out, 1, o);
+                }
+                (side, inplanes) = (o, out);
+            }
+        }
+        2.0 * (macs + (inplanes * self.num_classes) as f64)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -171,6 +208,9 @@ struct ConvBn {
 impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward(&self.conv.forward(x)?, train)
+    }
+    fn forward_relu(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_relu(&self.conv.forward(x)?, train)
     }
 }
 
@@ -249,17 +289,18 @@ impl Block {
     ) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         for (i, cb) in self.branch.iter().enumerate() {
-            y = cb.forward(&y, train)?;
-            if i + 1 < self.branch.len() {
-                y = y.relu()?;
-            }
+            y = if i + 1 < self.branch.len() {
+                cb.forward_relu(&y, train)?
+            } else {
+                cb.forward(&y, train)?
+            };
         }
         let y = self.drop_path.forward(&y, train, rng)?;
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        ops::add_relu(&y, &shortcut)
     }
 }
 
@@ -357,7 +398,7 @@ impl ResNet {
             Some(p) => pixel_mask::zero_masked_patches(x, p, self.cfg.mask_patch_size)?,
             None => x.clone(),
         };
-        let x = self.stem.forward(&x, train)?.relu()?;
+        let x = self.stem.forward_relu(&x, train)?;
         let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
         for blk in self.stages.iter().flatten() {
             x = blk.forward(&x, train, &self.drop_path_rng)?;
@@ -437,10 +478,16 @@ impl ArchConfig for ResNetConfig {
     fn validate(&self) -> Result<()> {
         ResNetConfig::validate(self)
     }
+    fn forward_flops(&self, _mask_ratio: Option<f64>) -> Option<f64> {
+        Some(ResNetConfig::forward_flops(self))
+    }
     fn describe(&self) -> String {
         format!(
-            "ResNet {:?} {:?} w{:?} mask/{}",
-            self.block, self.layers, self.channels, self.mask_patch_size
+            "ResNet {:?} {:?} w{} mask {}px",
+            self.block,
+            self.layers,
+            self.channels.first().copied().unwrap_or(0),
+            self.mask_patch_size
         )
     }
     fn build(
@@ -450,5 +497,144 @@ impl ArchConfig for ResNetConfig {
         seed: u64,
     ) -> Result<Box<dyn ImageClassifier>> {
         Ok(Box::new(ResNet::new(self, params, buffers, seed)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry;
+    use candle_core::{DType, Device};
+
+    fn build(name: &str) -> crate::LoadedModel {
+        registry::lookup(name)
+            .unwrap()
+            .build(0, DType::F32, &Device::Cpu)
+            .unwrap()
+    }
+
+    #[test]
+    fn presets_have_timms_parameter_counts_and_state_dict_sizes() {
+        // From timm 1.0.31: sum(p.numel()), len(parameters()), len(state_dict()).
+        for (name, numel, n_params, n_keys) in [
+            ("resnet18", 11_689_512, 62, 122),
+            ("resnet26", 15_995_176, 89, 176),
+            ("resnet34", 21_797_672, 110, 218),
+            ("resnet50", 25_557_032, 161, 320),
+            ("resnet_fmnist_small", 712_234, 65, 128),
+        ] {
+            let m = build(name);
+            let params = m.named_parameters();
+            let total: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+            assert_eq!(
+                (total, params.len(), m.state_dict().unwrap().len()),
+                (numel, n_params, n_keys),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn flops_match_timms_gmacs() {
+        // torch.utils.flop_counter on timm 1.0.31's models at 224 px, / 2: 1.814 and 4.089
+        // GMACs (timm's model cards round to 1.8 and 4.1).
+        for (cfg, gmacs) in [
+            (ResNetConfig::resnet18(), 1.814073344),
+            (ResNetConfig::resnet50(), 4.089184256),
+        ] {
+            let got = cfg.forward_flops() / 2e9;
+            assert!((got / gmacs - 1.0).abs() < 1e-3, "{got} vs {gmacs}");
+        }
+    }
+
+    #[test]
+    fn deep_presets_have_timms_block_counts() {
+        for (name, cfg, n_keys) in [
+            ("resnet101", ResNetConfig::resnet101(), 626),
+            ("resnet152", ResNetConfig::resnet152(), 932),
+        ] {
+            // Each Bottleneck: 3 convs + 3 BNs (2 params, 3 buffers each); the first block of a
+            // stage adds downsample.0/.1; plus the stem (conv + BN) and fc (2).
+            let blocks: usize = cfg.layers.iter().sum();
+            assert_eq!(blocks * 18 + 4 * 6 + 6 + 2, n_keys, "{name}");
+        }
+    }
+
+    #[test]
+    fn keys_are_timms_and_bottleneck_strides_sit_in_the_3x3_conv() {
+        let m = build("resnet50");
+        let sd = m.state_dict().unwrap();
+        for (k, shape) in [
+            ("conv1.weight", vec![64, 3, 7, 7]),
+            ("bn1.running_mean", vec![64]),
+            ("layer1.0.conv1.weight", vec![64, 64, 1, 1]),
+            ("layer1.0.downsample.0.weight", vec![256, 64, 1, 1]),
+            ("layer1.0.downsample.1.running_var", vec![256]),
+            ("layer2.0.conv2.weight", vec![128, 128, 3, 3]),
+            ("layer4.2.bn3.weight", vec![2048]),
+            ("fc.weight", vec![1000, 2048]),
+            ("fc.bias", vec![1000]),
+        ] {
+            assert_eq!(sd[k].dims(), shape.as_slice(), "{k}");
+        }
+        assert_eq!(sd["layer3.5.bn2.num_batches_tracked"].dtype(), DType::I64);
+        assert!(!sd.contains_key("layer1.1.downsample.0.weight"));
+        // zero_init_last: the last BN of every branch starts at 0, the others at 1.
+        let w = |k: &str| sd[k].max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(
+            (w("layer2.1.bn3.weight"), w("layer2.1.bn2.weight")),
+            (0.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn forward_shapes_layer_ids_and_masking() {
+        let m = build("resnet_fmnist_small");
+        let x = Tensor::randn(0f32, 1.0, (3, 1, 28, 28), &Device::Cpu).unwrap();
+        let f = m.net.forward_features(&x, None, false).unwrap();
+        assert_eq!(f.dims(), &[3, 128, 1, 1]);
+        assert_eq!(m.forward(&x, false).unwrap().dims(), &[3, 10]);
+        assert_eq!(m.net.token_grid(), TokenGrid::new(7, 7));
+        assert_eq!(m.net.mask_kind(), MaskKind::MaskUnits);
+        for (k, id) in [
+            ("conv1.weight", 0),
+            ("bn1.bias", 0),
+            ("layer3.1.conv2.weight", 3),
+        ] {
+            assert_eq!(m.net.layer_id(k), id, "{k}");
+        }
+        assert_eq!(m.net.layer_id("fc.weight"), m.net.num_layers());
+        // A plan hiding every unit makes the input all zeros.
+        let all = MaskPlan::MaskUnits {
+            grid: TokenGrid::new(7, 7),
+            masked_per_sample: 49,
+            masked: vec![1; 3 * 49],
+        };
+        let zeros = Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let a = m.net.forward(&x, Some(&all), false).unwrap();
+        let b = m.forward(&zeros, false).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let drop = MaskPlan::KeepTokens {
+            num_tokens: 49,
+            keep_per_sample: 1,
+            keep: vec![0; 3],
+        };
+        assert!(m.net.forward(&x, Some(&drop), true).is_err());
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let bad = |f: fn(&mut ResNetConfig)| {
+            let mut c = ResNetConfig::resnet_fmnist_small();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.mask_patch_size = 5).contains("mask_patch_size"));
+        assert!(bad(|c| c.mask_patch_size = 5).contains("divisible"));
+        assert!(bad(|c| c.layers = vec![2, 2, 2]).contains("layers"));
+        assert!(bad(|c| c.channels = vec![16, 0, 64, 128]).contains("channels"));
+        assert!(bad(|c| c.drop_path_rate = 1.0).contains("drop_path_rate"));
+        assert!(bad(|c| c.num_classes = 0).contains("num_classes"));
     }
 }

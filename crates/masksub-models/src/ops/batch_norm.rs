@@ -1,8 +1,8 @@
 //! BatchNorm over (N, H, W) per channel of an NCHW tensor (PyTorch's `F.batch_norm`).
 //!
 //! Train mode normalizes with the batch's mean and biased variance and back-propagates through
-//! them; the fused f32 CPU kernels do forward and backward per channel in one sweep each
-//! (sums in f64, in a fixed order, so results do not depend on the thread count). Eval mode is a
+//! them; the fused f32 CPU kernels gather per-channel sums in one sweep (f64, in a fixed order,
+//! so results do not depend on the thread count) and apply them in a second. Eval mode is a
 //! per-channel affine map from the running statistics. Other devices and dtypes use candle
 //! compositions, which autograd differentiates.
 
@@ -36,55 +36,73 @@ impl Dims {
     }
 }
 
-/// Mean and biased variance of every channel (two passes, f64 sums).
-fn stats(x: &[f32], d: Dims) -> Vec<(f64, f64)> {
+/// Per channel, sums over (N, H, W) in f64 of the given per-element terms, in one sweep.
+fn channel_sums<const K: usize>(
+    d: Dims,
+    f: impl Fn(usize, usize, &mut [f64; K]) + Sync,
+) -> Vec<[f64; K]> {
     (0..d.c)
         .into_par_iter()
         .map(|c| {
-            let n = d.n().max(1) as f64;
-            let sum: f64 = (0..d.b)
-                .map(|b| d.plane(x, b, c).iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
-            let mean = sum / n;
-            let ss: f64 = (0..d.b)
-                .map(|b| {
-                    d.plane(x, b, c)
-                        .iter()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>()
-                })
-                .sum();
-            (mean, ss / n)
+            let mut acc = [0f64; K];
+            for b in 0..d.b {
+                f(b, c, &mut acc);
+            }
+            acc
         })
         .collect()
+}
+
+/// Mean and biased variance of every channel, from one sweep of f64 sums of x and x^2 (f64
+/// keeps E[x^2] - E[x]^2 exact to far below f32 resolution for activations).
+fn stats(x: &[f32], d: Dims) -> Vec<(f64, f64)> {
+    let n = d.n().max(1) as f64;
+    channel_sums::<2>(d, |b, c, acc| {
+        for &v in d.plane(x, b, c) {
+            let v = v as f64;
+            acc[0] += v;
+            acc[1] += v * v;
+        }
+    })
+    .into_iter()
+    .map(|[s, ss]| {
+        let mean = s / n;
+        (mean, (ss / n - mean * mean).max(0.0))
+    })
+    .collect()
 }
 
 fn rstd(var: f64, eps: f32) -> f64 {
     1.0 / (var + eps as f64).sqrt()
 }
 
-/// Per channel: (mean, rstd, sum g, sum g * xhat).
+/// Per channel: (mean, rstd, sum g, sum g * xhat), from one sweep over x and g.
 fn grad_sums(x: &[f32], g: &[f32], d: Dims, eps: f32) -> Vec<[f64; 4]> {
-    stats(x, d)
-        .into_par_iter()
-        .enumerate()
-        .map(|(c, (mean, var))| {
-            let r = rstd(var, eps);
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for b in 0..d.b {
-                for (&xv, &gv) in d.plane(x, b, c).iter().zip(d.plane(g, b, c)) {
-                    sg += gv as f64;
-                    sgx += gv as f64 * (xv as f64 - mean) * r;
-                }
-            }
-            [mean, r, sg, sgx]
-        })
-        .collect()
+    let n = d.n().max(1) as f64;
+    channel_sums::<4>(d, |b, c, acc| {
+        for (&xv, &gv) in d.plane(x, b, c).iter().zip(d.plane(g, b, c)) {
+            let (xv, gv) = (xv as f64, gv as f64);
+            acc[0] += xv;
+            acc[1] += xv * xv;
+            acc[2] += gv;
+            acc[3] += gv * xv;
+        }
+    })
+    .into_iter()
+    .map(|[sx, sxx, sg, sgx]| {
+        let mean = sx / n;
+        let r = rstd((sxx / n - mean * mean).max(0.0), eps);
+        // sum g * (x - mean) * r
+        [mean, r, sg, (sgx - mean * sg) * r]
+    })
+    .collect()
 }
 
 struct BnStats;
 struct BnFwd {
     eps: f32,
+    /// Apply a ReLU to the output (conv-bn-relu without a separate pass).
+    relu: bool,
 }
 struct BnBwdInput {
     eps: f32,
@@ -147,6 +165,7 @@ impl CustomOp3 for BnFwd {
             })
             .collect();
         let mut y = vec![0f32; x.len()];
+        let relu = self.relu;
         y.par_chunks_mut(d.hw.max(1))
             .zip(x.par_chunks(d.hw.max(1)))
             .enumerate()
@@ -154,6 +173,9 @@ impl CustomOp3 for BnFwd {
                 let (scale, shift) = coef[i % d.c];
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = x * scale + shift;
+                }
+                if relu {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -164,10 +186,15 @@ impl CustomOp3 for BnFwd {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, w, g) = (x.detach(), w.detach(), g.detach().contiguous()?);
+        let g = if self.relu {
+            super::relu::relu_backward(g, res)?
+        } else {
+            g.detach().contiguous()?
+        };
+        let (x, w) = (x.detach(), w.detach());
         let dx = x.apply_op3_no_bwd(&w, &g, &BnBwdInput { eps: self.eps })?;
         let dwdb = x.apply_op2_no_bwd(&g, &BnBwdParams { eps: self.eps })?;
         Ok((Some(dx), Some(dwdb.get(0)?), Some(dwdb.get(1)?)))
@@ -255,15 +282,37 @@ pub fn channel_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Train-mode BatchNorm: `(x - mean) / sqrt(var + eps) * weight + bias` with the batch's
 /// per-channel mean and biased variance; differentiable in `x`, `weight` and `bias`.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    bn_train(x, weight, bias, eps, false)
+}
+
+/// `relu(batch_norm_train(..))` in one pass each way on the CPU.
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    bn_train(x, weight, bias, eps, true)
+}
+
+fn bn_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<Tensor> {
     x.dims4()?;
     if use_fused(x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            BnFwd { eps: eps as f32 },
+            BnFwd {
+                eps: eps as f32,
+                relu,
+            },
         );
     }
-    batch_norm_train_composed(x, weight, bias, eps)
+    let y = batch_norm_train_composed(x, weight, bias, eps)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 /// [`batch_norm_train`] from candle primitives (every device and dtype).
@@ -335,6 +384,30 @@ mod tests {
         ] {
             let d = max_abs_diff(u, v);
             assert!(d < tol, "{what}: {d}");
+        }
+        // With the ReLU fused in: the same as a separate ReLU after the composed version.
+        let (xv, wv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let y = batch_norm_train_relu(xv.as_tensor(), wv.as_tensor(), &b0, 1e-5).unwrap();
+        let g = (&y * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+        let (xc, wc) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let yc = batch_norm_train_composed(xc.as_tensor(), wc.as_tensor(), &b0, 1e-5)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let gc = (&yc * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_abs_diff(&y, &yc) < 1e-5);
+        for (u, v) in [(&xv, &xc), (&wv, &wc)] {
+            let d = max_abs_diff(
+                g.get(u.as_tensor()).unwrap(),
+                gc.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "bn+relu gradient: {d}");
         }
         // The input gradient of a BatchNorm sums to zero per channel (the mean is removed).
         let per_channel = a.1.sum((0, 2, 3)).unwrap().to_vec1::<f32>().unwrap();

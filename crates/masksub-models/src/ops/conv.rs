@@ -1,15 +1,17 @@
 //! 2-D convolution (square kernel, no groups, no dilation) as im2col + ONE GEMM, both ways.
 //!
 //! candle 0.11's CPU conv2d backward goes through `conv_transpose2d`, a single-threaded layout
-//! copy plus a dot product per output pixel, which made a ResNet step several times slower than
-//! its forward. Here the input is unfolded into a (C*k*k, B*OH*OW) matrix by a custom op whose
-//! backward is the matching fold (col2im); the rest is one candle matmul with the
-//! (O, C*k*k) kernel, so autograd's matmul backward gives both gradients as one GEMM each.
-//! Unfold and fold run on rayon over rows / planes with contiguous inner loops (a slice copy at
-//! stride 1); the fold sums in a fixed order, so results do not depend on the thread count.
-//! Other devices use candle's conv2d.
+//! copy plus a dot product per output pixel (and it mis-sizes the input gradient of non-square
+//! inputs). Here one custom op does the forward as unfold (im2col: a (C*k*k, B*OH*OW) matrix)
+//! and one GEMM with the (O, C*k*k) kernel; its backward re-unfolds the input (so no unfolded
+//! matrix is kept alive between the passes) and does one GEMM per gradient, then folds the
+//! input gradient back (col2im). Unfold and fold run on rayon over rows / planes with
+//! contiguous inner loops (a slice copy at stride 1); the fold sums in a fixed order, so results
+//! do not depend on the thread count. Other devices use candle's conv2d.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 /// Geometry of one convolution: input planes, kernel, stride, padding.
@@ -57,6 +59,9 @@ impl Geom {
     }
 }
 
+/// The differentiable convolution: (x, weight) -> y.
+struct Conv(Geom);
+/// Unfold / fold helpers of the backward (not differentiated themselves).
 struct Im2Col(Geom);
 struct Col2Im(Geom);
 
@@ -75,29 +80,46 @@ fn contiguous<'a, T: candle_core::WithDType>(
 fn unfold<T: Copy + Default + Send + Sync>(g: Geom, x: &[T]) -> Vec<T> {
     let (oh, ow, l) = (g.oh(), g.ow(), g.l());
     let bl = g.b * l;
+    // Stride 1 and an output as wide as the input (3x3 pad 1, 1x1 pad 0): a kernel offset is
+    // one shift of the flattened plane, so each (row, sample) is a single copy plus zeroing the
+    // few border cells that wrapped around from the neighbouring image row.
+    let shift = g.stride == 1 && ow == g.w;
     let mut col = vec![T::default(); g.rows() * bl];
     col.par_chunks_mut(bl).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / (g.k * g.k), (r / g.k) % g.k, r % g.k);
         let (y0, y1) = g.valid(ky, g.h, oh);
         let (x0, x1) = g.valid(kx, g.w, ow);
-        if x0 >= x1 {
-            return; // this kernel column only ever sees padding
+        if x0 >= x1 || y0 >= y1 {
+            return; // this kernel offset only ever sees padding
         }
         for b in 0..g.b {
             let plane = &x[(b * g.c + c) * g.h * g.w..][..g.h * g.w];
             let dst = &mut row[b * l..][..l];
+            if shift {
+                let (lo, hi) = (y0 * ow + x0, (y1 - 1) * ow + x1);
+                let src0 = (y0 + ky - g.pad) * g.w + x0 + kx - g.pad;
+                dst[lo..hi].copy_from_slice(&plane[src0..src0 + (hi - lo)]);
+                for oy in y0..y1 {
+                    let r = &mut dst[oy * ow..][..ow];
+                    let (left, right) = (oy > y0, oy + 1 < y1);
+                    if left {
+                        r[..x0].iter_mut().for_each(|v| *v = T::default());
+                    }
+                    if right {
+                        r[x1..].iter_mut().for_each(|v| *v = T::default());
+                    }
+                }
+                continue;
+            }
+            let ix0 = x0 * g.stride + kx - g.pad;
             for oy in y0..y1 {
-                let src = &plane[(oy * g.stride + ky - g.pad) * g.w..][..g.w];
-                let dst = &mut dst[oy * ow..][..ow];
-                let ix0 = x0 * g.stride + kx - g.pad;
+                let src = &plane[(oy * g.stride + ky - g.pad) * g.w + ix0..];
+                let dst = &mut dst[oy * ow..][x0..x1];
                 if g.stride == 1 {
-                    dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    dst.copy_from_slice(&src[..dst.len()]);
                 } else {
-                    for (d, s) in dst[x0..x1]
-                        .iter_mut()
-                        .zip(src[ix0..].iter().step_by(g.stride))
-                    {
-                        *d = *s;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src[j * g.stride];
                     }
                 }
             }
@@ -160,9 +182,118 @@ impl CustomOp1 for Im2Col {
         };
         Ok((out, Shape::from((g.rows(), g.b * g.l()))))
     }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.detach().contiguous()?;
-        Ok(Some(g.apply_op1_no_bwd(&Col2Im(self.0))?))
+}
+
+/// dst (m, n) = lhs (m, k) * rhs (k, n), all row-major and contiguous; multi-threaded.
+fn matmul<T: WithDType>(m: usize, n: usize, k: usize, lhs: &[T], rhs: &[T]) -> Vec<T> {
+    let mut dst = vec![T::from_f64(0.0); m * n];
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices hold exactly m*k, k*n and m*n elements with the strides given.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            T::from_f64(0.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    dst
+}
+
+/// Forward on host slices: unfold, one GEMM into (O, B*L), then reorder to (B, O, L).
+fn conv_fwd<T: WithDType + Default>(g: Geom, o: usize, x: &[T], w: &[T]) -> Vec<T> {
+    let (l, rows) = (g.l(), g.rows());
+    let col = unfold(g, x);
+    let y_obl = matmul(o, g.b * l, rows, w, &col);
+    let mut y = vec![T::default(); g.b * o * l];
+    y.par_chunks_mut(l).enumerate().for_each(|(i, dst)| {
+        let (b, oc) = (i / o, i % o);
+        dst.copy_from_slice(&y_obl[oc * g.b * l + b * l..][..l]);
+    });
+    y
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let (o, ci, kh, kw) = l2.shape().dims4()?;
+        if l1.shape().dims() != [g.b, g.c, g.h, g.w] || (ci, kh, kw) != (g.c, g.k, g.k) {
+            bail!(
+                "conv2d: {:?} * {:?} does not fit {g:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let y = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(conv_fwd(
+                g,
+                o,
+                contiguous(x, l1, self.name())?,
+                contiguous(w, l2, self.name())?,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(conv_fwd(
+                g,
+                o,
+                contiguous(x, l1, self.name())?,
+                contiguous(w, l2, self.name())?,
+            )),
+            _ => bail!("conv2d: only f32 and f64 on the CPU, input and kernel alike"),
+        };
+        Ok((y, Shape::from((g.b, o, g.oh(), g.ow()))))
+    }
+
+    /// dW = G * col^T and dcol = W^T * G with G the output gradient as (O, B*L): one GEMM
+    /// each; dx = fold(dcol).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let o = w.dim(0)?;
+        let (l, rows) = (g.l(), g.rows());
+        let gm = grad
+            .detach()
+            .reshape((g.b, o, l))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((o, g.b * l))?;
+        let col = x.detach().contiguous()?.apply_op1_no_bwd(&Im2Col(g))?;
+        let w2 = w.detach().reshape((o, rows))?;
+        let dw = gm.matmul(&col.t()?)?.reshape(w.dims())?;
+        let dx = w2.t()?.matmul(&gm)?.apply_op1_no_bwd(&Col2Im(g))?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -188,7 +319,7 @@ impl CustomOp1 for Col2Im {
 /// (square kernel); differentiable in both.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let (o, ci, kh, kw) = weight.dims4()?;
+    let (_, ci, kh, kw) = weight.dims4()?;
     if ci != c || kh != kw || stride == 0 {
         bail!(
             "conv2d: kernel {:?} (stride {stride}) does not fit input {:?}",
@@ -215,13 +346,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
         stride,
         pad: padding,
     };
-    let col = x.contiguous()?.apply_op1(Im2Col(g))?;
-    weight
-        .reshape((o, g.rows()))?
-        .matmul(&col)?
-        .reshape((o, b, g.oh(), g.ow()))?
-        .transpose(0, 1)?
-        .contiguous()
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv(g))
 }
 
 #[cfg(test)]

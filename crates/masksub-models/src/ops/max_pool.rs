@@ -38,6 +38,17 @@ impl Pool2d {
         Ok((padded - self.kernel) / self.stride + 1)
     }
 
+    /// The input range `[lo, hi)` that window `o` covers along a dimension of size `n` (the
+    /// padding clipped off).
+    #[inline]
+    fn span(&self, o: usize, n: usize) -> (usize, usize) {
+        let start = o * self.stride;
+        (
+            start.saturating_sub(self.padding),
+            (start + self.kernel).saturating_sub(self.padding).min(n),
+        )
+    }
+
     /// Flat index (within an h x w plane) of the first maximum of output cell (oy, ox), or None
     /// when the window lies entirely in the padding (cannot happen when padding <= kernel / 2).
     #[inline]
@@ -47,35 +58,23 @@ impl Pool2d {
         (h, w): (usize, usize),
         (oy, ox): (usize, usize),
     ) -> Option<usize> {
-        let mut best: Option<(usize, T)> = None;
-        for ky in 0..self.kernel {
-            let Some(iy) = (oy * self.stride + ky).checked_sub(self.padding) else {
-                continue;
-            };
-            if iy >= h {
-                continue;
-            }
-            for kx in 0..self.kernel {
-                let Some(ix) = (ox * self.stride + kx).checked_sub(self.padding) else {
-                    continue;
-                };
-                if ix >= w {
-                    continue;
-                }
-                let i = iy * w + ix;
-                let v = plane[i];
+        let ((y0, y1), (x0, x1)) = (self.span(oy, h), self.span(ox, w));
+        if y0 >= y1 || x0 >= x1 {
+            return None;
+        }
+        let mut best_i = y0 * w + x0;
+        let mut best = plane[best_i];
+        for iy in y0..y1 {
+            let row = &plane[iy * w..][..x1];
+            for (ix, &v) in row.iter().enumerate().skip(x0) {
                 // PyTorch's rule: a larger value or a NaN (`v != v`) takes the window.
                 #[allow(clippy::eq_op)]
-                let take = match best {
-                    None => true,
-                    Some((_, b)) => v > b || v != v,
-                };
-                if take {
-                    best = Some((i, v));
+                if v > best || v != v {
+                    (best_i, best) = (iy * w + ix, v);
                 }
             }
         }
-        best.map(|(i, _)| i)
+        Some(best_i)
     }
 }
 

@@ -14,17 +14,22 @@ mod gelu;
 mod layer_norm;
 mod max_pool;
 mod permute_tokens;
+mod relu;
 mod rowwise;
 mod softmax;
 
 pub use attention::window_attention;
-pub use batch_norm::{batch_norm_eval, batch_norm_train, batch_norm_train_composed, channel_stats};
+pub use batch_norm::{
+    batch_norm_eval, batch_norm_train, batch_norm_train_composed, batch_norm_train_relu,
+    channel_stats,
+};
 pub use conv::conv2d;
 pub use depthwise_conv::depthwise_conv2d;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use max_pool::{max_pool2d, max_pool2d_composed, Pool2d};
 pub use permute_tokens::TokenPermutation;
+pub use relu::{add_relu, relu};
 pub use rowwise::{add_rows, mul_rows};
 pub use softmax::{softmax_last_dim, softmax_scaled};
 
