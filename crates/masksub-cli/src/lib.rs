@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_source;
 pub mod device;
 pub mod eval;
 pub mod metrics;

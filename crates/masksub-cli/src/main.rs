@@ -27,6 +27,12 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// List the registered models.
     Models(commands::models::ModelsArgs),
+    /// Convert and inspect WebDataset shards.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Benchmarks (data pipeline throughput).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_e` in mimalloc v2 and v3).
@@ -49,6 +55,8 @@ fn main() {
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Models(a) => commands::models::run(a),
+        Command::Data(c) => commands::data::run(c),
+        Command::Bench(c) => commands::bench::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
