@@ -4,10 +4,11 @@
 //! pixel by pixel with PIL + torchvision (tests/fixtures/eval_transform.json, made by
 //! tools/data/make_eval_fixture.py).
 //!
-//! Tolerances: the CIFAR PNGs decode identically in both, so only the last rounding of the
-//! resampler may differ (one 8-bit level = 1/255/std <= 0.0175 after normalization). The
-//! JPEGs are progressive and zune-jpeg's IDCT/upsampling differ from libjpeg-turbo's by a few
-//! levels on edges; the 512 -> 256 px downscale averages most of that away (bounds below).
+//! Tolerances: the resampler reproduces PIL's fixed-point arithmetic, so on the CIFAR PNGs
+//! (identical decoded pixels) the values are equal up to the fixture's 5-decimal rounding
+//! (bound 1e-4; measured 0). The ImageNet JPEGs are progressive, and zune-jpeg's IDCT and
+//! chroma upsampling differ from libjpeg-turbo's by a few 8-bit levels on edges: bound max
+//! |diff| <= 0.07 (4 levels / std) and mean <= 0.01 (measured: max 0.052, mean <= 0.0056).
 
 use candle_core::Device;
 use masksub_cli::trainer::{train, RunOptions};
@@ -150,9 +151,9 @@ fn eval_transform_matches_pil_and_torchvision() {
         let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
         report.push(format!("{file}: max {max:.4} mean {mean:.5}"));
         if file.ends_with(".png") {
-            assert!(max <= 0.0176, "{file}: max |diff| {max} exceeds one 8-bit level");
+            assert!(max <= 1e-4, "{file}: max |diff| {max}: PNG values must equal PIL's");
         } else {
-            assert!(max <= 0.15 && mean <= 0.01, "{file}: max {max} mean {mean}");
+            assert!(max <= 0.07 && mean <= 0.01, "{file}: max {max} mean {mean}");
         }
     }
     println!("{}", report.join("\n"));

@@ -73,6 +73,8 @@ pub struct SampleReader<R> {
     tar: TarReader<R>,
     pending: Option<Pending>,
     ended: bool,
+    /// A stream error to report after the sample grouped before it.
+    broken: Option<BadSample>,
 }
 
 impl<R: Read> SampleReader<R> {
@@ -81,6 +83,7 @@ impl<R: Read> SampleReader<R> {
             tar: TarReader::new(inner),
             pending: None,
             ended: false,
+            broken: None,
         }
     }
 }
@@ -91,7 +94,10 @@ impl<R: Read> Iterator for SampleReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if self.ended {
-                return self.pending.take().map(Pending::finish);
+                if let Some(p) = self.pending.take() {
+                    return Some(p.finish());
+                }
+                return self.broken.take().map(Err);
             }
             let member = match self.tar.next() {
                 None => {
@@ -99,10 +105,11 @@ impl<R: Read> Iterator for SampleReader<R> {
                     continue;
                 }
                 Some(Err(e)) => {
+                    // The members grouped so far are whole; the broken one is reported after.
                     self.ended = true;
-                    // The member being grouped may be incomplete; report the stream break.
-                    let after = self.pending.take().map(|p| p.key);
-                    return Some(Err(stream_error(after, &e)));
+                    let after = self.pending.as_ref().map(|p| p.key.clone());
+                    self.broken = Some(stream_error(after, &e));
+                    continue;
                 }
                 Some(Ok(m)) => m,
             };
