@@ -45,6 +45,9 @@ impl RgbImage {
 /// Decodes `bytes`; `ext` (`jpg`, `png`, ...) is a hint, the content decides. Errors are text
 /// for the bad-sample report.
 pub fn decode_rgb(bytes: &[u8], ext: &str) -> Result<RgbImage, String> {
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        return decode_jpeg(bytes);
+    }
     let hint = match ext {
         "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
         "png" => Some(ImageFormat::Png),
@@ -75,6 +78,30 @@ pub fn decode_rgb(bytes: &[u8], ext: &str) -> Result<RgbImage, String> {
         height: h,
         data: rgb.into_raw(),
     })
+}
+
+/// JPEG straight through zune-jpeg into RGB (no intermediate image or copy).
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let opts = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(MAX_SIDE as usize)
+        .set_max_height(MAX_SIDE as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    dec.decode_headers()
+        .map_err(|e| format!("image decode failed: {e}"))?;
+    let (w, h) = dec.dimensions().ok_or("image decode failed: no dimensions")?;
+    if w == 0 || h == 0 {
+        return Err("image has no pixels".into());
+    }
+    if (w as u64) * (h as u64) * 3 > MAX_ALLOC {
+        return Err(format!("image decode failed: {w}x{h} exceeds the size limit"));
+    }
+    let data = dec.decode().map_err(|e| format!("image decode failed: {e}"))?;
+    RgbImage::from_raw(w, h, data).ok_or_else(|| "image decode failed: short pixel data".into())
 }
 
 /// Encodes as JPEG (quality 0-100) or PNG, for `masksub data convert`.

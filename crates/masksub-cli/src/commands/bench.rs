@@ -40,6 +40,8 @@ struct Row {
     images: usize,
     seconds: f64,
     img_per_s: f64,
+    /// Share of thread time spent decoding.
+    decode_share: f64,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -78,27 +80,29 @@ fn data(a: DataBenchArgs) -> Result<()> {
             bail!("--threads: 0 is not a thread count");
         }
         let per = a.count.div_ceil(threads);
+        let mut decode_total = 0f64;
         let t0 = Instant::now();
         std::thread::scope(|s| -> Result<()> {
             let hs: Vec<_> = (0..threads)
                 .map(|k| {
                     let (blobs, cfg) = (&blobs, &cfg);
-                    s.spawn(move || -> Result<f32> {
+                    s.spawn(move || -> Result<f64> {
                         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
                         let mut out = vec![0f32; cfg.sample_len()];
-                        let mut acc = 0f32;
+                        let mut decode_secs = 0f64;
                         for i in 0..per {
                             let (b, ext) = &blobs[(k * per + i) % blobs.len()];
+                            let t = Instant::now();
                             let img = decode_rgb(b, ext).map_err(anyhow::Error::msg)?;
+                            decode_secs += t.elapsed().as_secs_f64();
                             train_transform(&img, cfg, None, &mut rng, &mut out);
-                            acc += out[0];
                         }
-                        Ok(acc)
+                        Ok(decode_secs)
                     })
                 })
                 .collect();
             for h in hs {
-                h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+                decode_total += h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
             }
             Ok(())
         })?;
@@ -109,8 +113,13 @@ fn data(a: DataBenchArgs) -> Result<()> {
             images: n,
             seconds: secs,
             img_per_s: n as f64 / secs,
+            decode_share: decode_total / (secs * threads as f64),
         };
-        println!("{threads} thread(s): {:.1} img/s ({n} images, {secs:.2}s)", row.img_per_s);
+        println!(
+            "{threads} thread(s): {:.1} img/s ({n} images, {secs:.2}s, decoding {:.0}% of thread time)",
+            row.img_per_s,
+            100.0 * row.decode_share
+        );
         rows.push(row);
     }
     if let Some(p) = a.json {
