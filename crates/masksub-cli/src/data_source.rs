@@ -253,3 +253,22 @@ impl TrainData {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_kind_is_detected_from_the_argument_and_folder_contents() {
+        assert_eq!(DataSource::detect(Path::new("hf://datasets/a/b")), DataSource::Shards);
+        assert_eq!(DataSource::detect(Path::new("s/t-{0..9}.tar")), DataSource::Shards);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("cat")).unwrap();
+        assert_eq!(DataSource::detect(d.path()), DataSource::ImageFolder);
+        std::fs::write(d.path().join("x-train-000000.tar"), b"").unwrap();
+        assert_eq!(DataSource::detect(d.path()), DataSource::Shards);
+        std::fs::write(d.path().join("t10k-images-idx3-ubyte.gz"), b"").unwrap();
+        assert_eq!(DataSource::detect(d.path()), DataSource::Idx);
+        assert_eq!(DataSource::detect(&crate::config::default_data_dir()), DataSource::Idx);
+    }
+}

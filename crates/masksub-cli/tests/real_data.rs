@@ -24,8 +24,13 @@ use std::sync::Arc;
 const WHEEL: &str = "foolbox-3.3.4-py3-none-any.whl";
 
 /// `target/foolbox/x/foolbox/data`, downloading the wheel with pip and unpacking it with
-/// Python's zipfile when missing.
+/// Python's zipfile when missing (once per test binary: the tests run in parallel).
 fn foolbox_data() -> PathBuf {
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DATA.get_or_init(fetch_foolbox).clone()
+}
+
+fn fetch_foolbox() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/foolbox");
     let data = root.join("x/foolbox/data");
     if data.join("imagenet_19_305.jpg").is_file() {

@@ -136,8 +136,8 @@ pub fn resize_box(
                 let kw = &ch.weights[xx * ch.ksize..(xx + 1) * ch.ksize];
                 let n = ch.ksize.min(w - start);
                 let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &k) in kw[..n].iter().enumerate() {
-                    let p = &src[(start + i) * 3..(start + i) * 3 + 3];
+                let px = src[start * 3..(start + n) * 3].chunks_exact(3);
+                for (p, &k) in px.zip(&kw[..n]) {
                     acc[0] += p[0] as i32 * k;
                     acc[1] += p[1] as i32 * k;
                     acc[2] += p[2] as i32 * k;
