@@ -33,7 +33,9 @@ fn root() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed");
     }
@@ -73,9 +75,12 @@ pub fn run_bench(a: Args) -> Result<()> {
             photos.display()
         );
     }
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "masksub-cli"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "masksub-cli",
+    ]))?;
     let bin = root.join("target/release/masksub");
     let script = root.join("tools/data/bench_pil.py");
     let work = std::env::temp_dir().join(format!("masksub-bench-data-{}", std::process::id()));
@@ -84,26 +89,51 @@ pub fn run_bench(a: Args) -> Result<()> {
     std::fs::create_dir_all(&prog)?;
     for e in std::fs::read_dir(&photos)? {
         let p = e?.path();
-        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with("imagenet_") && name.ends_with(".jpg") {
             std::fs::copy(&p, prog.join(&name))?;
         }
     }
-    run(Command::new(&a.python).arg(&script).arg("--baseline").arg(&prog).arg(&base))?;
+    run(Command::new(&a.python)
+        .arg(&script)
+        .arg("--baseline")
+        .arg(&prog)
+        .arg(&base))?;
     let count = a.count.to_string();
     let mut table = String::new();
     let mut py_versions = String::new();
-    for (label, dir) in [("progressive (as shipped)", &prog), ("baseline (re-encoded q90)", &base)] {
-        let (mut ours, mut theirs): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (vec![vec![]; 2], vec![vec![]; 2]);
+    for (label, dir) in [
+        ("progressive (as shipped)", &prog),
+        ("baseline (re-encoded q90)", &base),
+    ] {
+        let (mut ours, mut theirs): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+            (vec![vec![]; 2], vec![vec![]; 2]);
         for r in 0..a.rounds {
             let js = work.join(format!("rs-{r}.json"));
             run(Command::new(&bin)
-                .args(["bench", "data", "--threads", "1,2", "--count", &count, "--images"])
+                .args([
+                    "bench",
+                    "data",
+                    "--threads",
+                    "1,2",
+                    "--count",
+                    &count,
+                    "--images",
+                ])
                 .arg(dir)
                 .arg("--json")
                 .arg(&js))?;
             let jp = work.join(format!("py-{r}.json"));
-            run(Command::new(&a.python).arg(&script).arg(dir).arg(&count).arg("1,2").arg(&jp))?;
+            run(Command::new(&a.python)
+                .arg(&script)
+                .arg(dir)
+                .arg(&count)
+                .arg("1,2")
+                .arg(&jp))?;
             for (t, v) in rates(&js)? {
                 ours[(t - 1) as usize].push(v);
             }
@@ -144,7 +174,11 @@ pub fn run_bench(a: Args) -> Result<()> {
         capture("git", &["rev-parse", "--short", "HEAD"]),
         chrono::Local::now().format("%Y-%m-%d %H:%M"),
     );
-    let path = if a.file.is_absolute() { a.file.clone() } else { root.join(&a.file) };
+    let path = if a.file.is_absolute() {
+        a.file.clone()
+    } else {
+        root.join(&a.file)
+    };
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => format!(

@@ -165,7 +165,10 @@ impl TrainConfig {
                     bail!("invalid config: `{f}` = {v} is not in [0, 1]");
                 }
             }
-            if !(0.0..1.0).contains(&m.label_smoothing) || m.mixup_alpha < 0.0 || m.cutmix_alpha < 0.0 {
+            if !(0.0..1.0).contains(&m.label_smoothing)
+                || m.mixup_alpha < 0.0
+                || m.cutmix_alpha < 0.0
+            {
                 bail!("invalid config: `mixup` alphas must be >= 0 and label_smoothing in [0, 1)");
             }
         }

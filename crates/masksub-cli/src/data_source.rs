@@ -43,7 +43,10 @@ impl DataSource {
             .unwrap_or_default();
         if names.iter().any(|n| n.contains("-ubyte")) {
             DataSource::Idx
-        } else if names.iter().any(|n| n.ends_with(".tar") || n == "_info.json") {
+        } else if names
+            .iter()
+            .any(|n| n.ends_with(".tar") || n == "_info.json")
+        {
             DataSource::Shards
         } else {
             DataSource::ImageFolder
@@ -181,11 +184,23 @@ impl TrainData {
         }
     }
 
-    fn stream_cfg(&self, cfg: &TrainConfig, img_size: usize, num_classes: usize, rank: usize, world: usize, train: bool) -> StreamConfig {
+    fn stream_cfg(
+        &self,
+        cfg: &TrainConfig,
+        img_size: usize,
+        num_classes: usize,
+        rank: usize,
+        world: usize,
+        train: bool,
+    ) -> StreamConfig {
         let mut aug = cfg.image_aug.clone();
         aug.img_size = img_size;
         StreamConfig {
-            batch_size: if train { cfg.batch_size / world } else { cfg.eval_batch_size },
+            batch_size: if train {
+                cfg.batch_size / world
+            } else {
+                cfg.eval_batch_size
+            },
             workers: cfg.workers,
             shuffle_buffer: cfg.shuffle_buffer,
             seed: cfg.seed,
@@ -246,7 +261,14 @@ impl TrainData {
                 evaluate_sharded(model, test, cfg.eval_batch_size, device, coll)
             }
             TrainData::Stream { test, .. } => {
-                let sc = self.stream_cfg(cfg, img_size, num_classes, coll.rank(), coll.world_size(), false);
+                let sc = self.stream_cfg(
+                    cfg,
+                    img_size,
+                    num_classes,
+                    coll.rank(),
+                    coll.world_size(),
+                    false,
+                );
                 let loader = StreamLoader::new(Arc::clone(test), sc, device.clone())?;
                 evaluate_stream(model, &loader, coll)
             }
@@ -260,8 +282,14 @@ mod tests {
 
     #[test]
     fn data_kind_is_detected_from_the_argument_and_folder_contents() {
-        assert_eq!(DataSource::detect(Path::new("hf://datasets/a/b")), DataSource::Shards);
-        assert_eq!(DataSource::detect(Path::new("s/t-{0..9}.tar")), DataSource::Shards);
+        assert_eq!(
+            DataSource::detect(Path::new("hf://datasets/a/b")),
+            DataSource::Shards
+        );
+        assert_eq!(
+            DataSource::detect(Path::new("s/t-{0..9}.tar")),
+            DataSource::Shards
+        );
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("cat")).unwrap();
         assert_eq!(DataSource::detect(d.path()), DataSource::ImageFolder);
@@ -269,6 +297,9 @@ mod tests {
         assert_eq!(DataSource::detect(d.path()), DataSource::Shards);
         std::fs::write(d.path().join("t10k-images-idx3-ubyte.gz"), b"").unwrap();
         assert_eq!(DataSource::detect(d.path()), DataSource::Idx);
-        assert_eq!(DataSource::detect(&crate::config::default_data_dir()), DataSource::Idx);
+        assert_eq!(
+            DataSource::detect(&crate::config::default_data_dir()),
+            DataSource::Idx
+        );
     }
 }

@@ -116,7 +116,10 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             );
         }
     } else if h != w {
-        bail!("model `{}` takes {h}x{w} images; streamed data is cropped square", cfg.model);
+        bail!(
+            "model `{}` takes {h}x{w} images; streamed data is cropped square",
+            cfg.model
+        );
     }
     let model = spec.build(cfg.seed, DType::F32, &opts.device)?;
     // The folder is created only once the config, the data and the model are known to be good,

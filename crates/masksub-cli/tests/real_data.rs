@@ -151,12 +151,19 @@ fn eval_transform_matches_pil_and_torchvision() {
             }
         }
         assert_eq!(got.len(), expect.len(), "{file}");
-        let diffs: Vec<f64> = got.iter().zip(&expect).map(|(a, b)| (a - b).abs()).collect();
+        let diffs: Vec<f64> = got
+            .iter()
+            .zip(&expect)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
         let max = diffs.iter().cloned().fold(0.0, f64::max);
         let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
         report.push(format!("{file}: max {max:.4} mean {mean:.5}"));
         if file.ends_with(".png") {
-            assert!(max <= 1e-4, "{file}: max |diff| {max}: PNG values must equal PIL's");
+            assert!(
+                max <= 1e-4,
+                "{file}: max |diff| {max}: PNG values must equal PIL's"
+            );
         } else {
             assert!(max <= 0.07 && mean <= 0.01, "{file}: max {max} mean {mean}");
         }
@@ -191,7 +198,15 @@ fn photos_stream_from_shards_through_eval_and_training_pipelines() {
         let b = b.unwrap();
         assert_eq!(b.images.dims()[1..], [3, 224, 224]);
         if first.is_none() {
-            first = Some(b.images.get(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            first = Some(
+                b.images
+                    .get(0)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
         }
         labels.extend(b.labels.to_vec1::<u32>().unwrap());
     }
@@ -203,7 +218,11 @@ fn photos_stream_from_shards_through_eval_and_training_pipelines() {
     let img = decode_rgb(&std::fs::read(&imagenet[0].0).unwrap(), "jpg").unwrap();
     let mut direct = vec![0f32; 3 * 224 * 224];
     eval_transform(&img, &aug(224), &mut direct);
-    assert_eq!(first.unwrap(), direct, "worker 0's first sample is shard 0's first photo");
+    assert_eq!(
+        first.unwrap(),
+        direct,
+        "worker 0's first sample is shard 0's first photo"
+    );
 
     // Training: RRC + flip + 3-Augment + RandomErasing + Mixup/CutMix, shuffled.
     let mut cfg = stream_cfg(224, 1000, true, 2);
@@ -244,13 +263,25 @@ fn cli_converts_cifar_photos_and_trains_on_the_shards() {
     let shards = dir.path().join("shards");
     let bin = env!("CARGO_BIN_EXE_masksub");
     let out = Command::new(bin)
-        .args(["data", "convert", "--samples-per-shard", "8", "--format", "png", "--input"])
+        .args([
+            "data",
+            "convert",
+            "--samples-per-shard",
+            "8",
+            "--format",
+            "png",
+            "--input",
+        ])
         .arg(&folder)
         .arg("--out")
         .arg(&shards)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("train: 20 samples in 3 shards"), "{text}");
     let out = Command::new(bin)
@@ -259,7 +290,10 @@ fn cli_converts_cifar_photos_and_trains_on_the_shards() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("3 shards, 20 samples"), "{text}");
+    assert!(
+        out.status.success() && text.contains("3 shards, 20 samples"),
+        "{text}"
+    );
     assert!(text.contains("32x32"), "{text}");
 
     let cfg = TrainConfig {

@@ -24,7 +24,12 @@ pub struct RgbImage {
 impl RgbImage {
     /// A `width x height` image filled with `rgb`.
     pub fn filled(width: usize, height: usize, rgb: [u8; 3]) -> Self {
-        let data = rgb.iter().copied().cycle().take(width * height * 3).collect();
+        let data = rgb
+            .iter()
+            .copied()
+            .cycle()
+            .take(width * height * 3)
+            .collect();
         RgbImage {
             width,
             height,
@@ -93,14 +98,20 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
     dec.decode_headers()
         .map_err(|e| format!("image decode failed: {e}"))?;
-    let (w, h) = dec.dimensions().ok_or("image decode failed: no dimensions")?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or("image decode failed: no dimensions")?;
     if w == 0 || h == 0 {
         return Err("image has no pixels".into());
     }
     if (w as u64) * (h as u64) * 3 > MAX_ALLOC {
-        return Err(format!("image decode failed: {w}x{h} exceeds the size limit"));
+        return Err(format!(
+            "image decode failed: {w}x{h} exceeds the size limit"
+        ));
     }
-    let data = dec.decode().map_err(|e| format!("image decode failed: {e}"))?;
+    let data = dec
+        .decode()
+        .map_err(|e| format!("image decode failed: {e}"))?;
     RgbImage::from_raw(w, h, data).ok_or_else(|| "image decode failed: short pixel data".into())
 }
 

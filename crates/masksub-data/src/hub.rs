@@ -79,7 +79,10 @@ fn fetch_file(repo_id: &str, revision: &str, file: &str, opts: &HubOptions) -> R
         return Err(hub_err(
             repo_id,
             file,
-            format!("offline and not in the hub cache {}", cache.path().display()),
+            format!(
+                "offline and not in the hub cache {}",
+                cache.path().display()
+            ),
         ));
     }
     let api = ApiBuilder::from_cache(cache)
@@ -130,10 +133,7 @@ pub fn resolve_shards(spec: &str, split: &str, opts: &HubOptions) -> Result<Vec<
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| DatasetInfo::parse(&t));
     if let Some(counts) = info.as_ref().and_then(|i| i.split_counts(split)) {
-        return Ok(counts
-            .into_iter()
-            .map(|(f, n)| shard(f, Some(n)))
-            .collect());
+        return Ok(counts.into_iter().map(|(f, n)| shard(f, Some(n))).collect());
     }
     let mut files = list_files(&repo_id, &revision, opts)?;
     files.retain(|f| f.ends_with(".tar") && f.contains(split));

@@ -107,7 +107,11 @@ impl MixupConfig {
             let row = &mut targets[i * num_classes..(i + 1) * num_classes];
             for (k, t) in row.iter_mut().enumerate() {
                 let y1 = if labels[i] as usize == k { on } else { off };
-                let y2 = if labels[b - 1 - i] as usize == k { on } else { off };
+                let y2 = if labels[b - 1 - i] as usize == k {
+                    on
+                } else {
+                    off
+                };
                 *t = (y1 * lam + y2 * (1.0 - lam)) as f32;
             }
         }
@@ -145,13 +149,17 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         // Two 1x1x1 images with values 1 and 0, labels 0 and 1, 2 classes.
         let mut img = vec![1.0f32, 0.0];
-        let t = cfg.apply(&mut img, &[0, 1], (1, 1, 1), 2, &mut rng).unwrap();
+        let t = cfg
+            .apply(&mut img, &[0, 1], (1, 1, 1), 2, &mut rng)
+            .unwrap();
         let lam = img[0] as f64;
         assert!(lam > 0.0 && lam < 1.0);
         let (off, on) = (0.05, 0.95);
         assert!((t[0] as f64 - (on * lam + off * (1.0 - lam))).abs() < 1e-6);
         assert!((t[0] + t[1] - 1.0).abs() < 1e-6 && (t[2] + t[3] - 1.0).abs() < 1e-6);
-        assert!(cfg.apply(&mut [0.0; 3], &[0, 1, 2], (1, 1, 1), 3, &mut rng).is_err());
+        assert!(cfg
+            .apply(&mut [0.0; 3], &[0, 1, 2], (1, 1, 1), 3, &mut rng)
+            .is_err());
     }
 
     #[test]
@@ -165,7 +173,9 @@ mod tests {
         for _ in 0..20 {
             let (h, w) = (8, 8);
             let mut img: Vec<f32> = [vec![1.0; 64], vec![0.0; 64]].concat();
-            let t = cfg.apply(&mut img, &[0, 1], (1, h, w), 2, &mut rng).unwrap();
+            let t = cfg
+                .apply(&mut img, &[0, 1], (1, h, w), 2, &mut rng)
+                .unwrap();
             let kept = img[..64].iter().filter(|&&v| v == 1.0).count() as f32 / 64.0;
             assert!((t[0] - kept).abs() < 1e-6, "{} vs {kept}", t[0]);
         }

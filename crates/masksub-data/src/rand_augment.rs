@@ -69,7 +69,9 @@ impl RandAugment {
     pub fn parse(policy: &str) -> Result<Self, String> {
         let mut parts = policy.split('-');
         if parts.next() != Some("rand") {
-            return Err(format!("RandAugment policy `{policy}` must start with `rand`"));
+            return Err(format!(
+                "RandAugment policy `{policy}` must start with `rand`"
+            ));
         }
         let mut ra = RandAugment {
             magnitude: 10.0,
@@ -147,7 +149,14 @@ impl RandAugment {
             }
             Op::Posterize => {
                 let bits = (level * 4.0) as u32;
-                color::posterize(img, if self.increasing { 4 - bits.min(4) } else { bits });
+                color::posterize(
+                    img,
+                    if self.increasing {
+                        4 - bits.min(4)
+                    } else {
+                        bits
+                    },
+                );
             }
             Op::Solarize => {
                 let t = (level * 256.0) as u16;
@@ -207,14 +216,18 @@ mod tests {
             }
         );
         let rsb = RandAugment::parse("rand-m7-mstd0.5-n3").unwrap();
-        assert_eq!((rsb.magnitude, rsb.num_layers, rsb.increasing), (7.0, 3, false));
+        assert_eq!(
+            (rsb.magnitude, rsb.num_layers, rsb.increasing),
+            (7.0, 3, false)
+        );
         assert!(RandAugment::parse("auto-m9").is_err());
         assert!(RandAugment::parse("rand-q1").unwrap_err().contains("q1"));
     }
 
     #[test]
     fn changes_images_deterministically_per_seed() {
-        let img = RgbImage::from_raw(16, 16, (0..768).map(|i| (i * 7 % 256) as u8).collect()).unwrap();
+        let img =
+            RgbImage::from_raw(16, 16, (0..768).map(|i| (i * 7 % 256) as u8).collect()).unwrap();
         let ra = RandAugment::parse("rand-m9-mstd0.5-inc1-p1.0").unwrap();
         let run = |seed| {
             let mut x = img.clone();

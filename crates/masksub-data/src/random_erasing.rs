@@ -38,7 +38,8 @@ impl RandomErasing {
                     let left = rng.random_range(0..=w - ew);
                     for ch in 0..c {
                         for y in top..top + eh {
-                            let row = &mut img[(ch * h + y) * w + left..(ch * h + y) * w + left + ew];
+                            let row =
+                                &mut img[(ch * h + y) * w + left..(ch * h + y) * w + left + ew];
                             for v in row {
                                 *v = StandardNormal.sample(rng);
                             }

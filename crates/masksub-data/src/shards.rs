@@ -229,8 +229,10 @@ pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> 
     );
     let items: Vec<String> = if let Some((a, b)) = body.split_once("..") {
         let (lo, hi) = (
-            a.parse::<u64>().map_err(|_| format!("`{a}` is not a number"))?,
-            b.parse::<u64>().map_err(|_| format!("`{b}` is not a number"))?,
+            a.parse::<u64>()
+                .map_err(|_| format!("`{a}` is not a number"))?,
+            b.parse::<u64>()
+                .map_err(|_| format!("`{b}` is not a number"))?,
         );
         if lo > hi {
             return Err(format!("empty range {{{body}}}"));

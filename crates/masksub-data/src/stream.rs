@@ -165,7 +165,10 @@ impl StreamConfig {
         if self.mixup.is_some_and(|m| m.is_active()) && self.batch_size % 2 != 0 {
             return bad(
                 "batch_size",
-                format!("mixup/cutmix need an even per-rank batch, got {}", self.batch_size),
+                format!(
+                    "mixup/cutmix need an even per-rank batch, got {}",
+                    self.batch_size
+                ),
             );
         }
         self.aug.validate().map_err(|msg| DataError::Config {
@@ -225,7 +228,10 @@ impl StreamLoader {
         if self.cfg.train {
             per_rank / self.cfg.batch_size
         } else {
-            self.ds.num_samples.div_ceil(self.cfg.world_size).div_ceil(self.cfg.batch_size)
+            self.ds
+                .num_samples
+                .div_ceil(self.cfg.world_size)
+                .div_ceil(self.cfg.batch_size)
         }
     }
 
@@ -371,7 +377,13 @@ impl WorkerJob {
                     read_any = true;
                     match s {
                         Err(bad) => {
-                            if tx.send(Item::Bad { unit: name.clone(), bad }).is_err() {
+                            if tx
+                                .send(Item::Bad {
+                                    unit: name.clone(),
+                                    bad,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -467,9 +479,8 @@ impl WorkerJob {
 fn read_file(entry: &(PathBuf, u32)) -> std::result::Result<RawSample, BadSample> {
     let (path, label) = entry;
     let name = path.to_string_lossy().into_owned();
-    let (key, ext) = split_key(&name).map_or((name.clone(), String::new()), |(k, e)| {
-        (k.to_string(), e)
-    });
+    let (key, ext) =
+        split_key(&name).map_or((name.clone(), String::new()), |(k, e)| (k.to_string(), e));
     match std::fs::read(path) {
         Ok(bytes) => Ok(RawSample {
             key,
@@ -603,12 +614,22 @@ impl StreamEpoch {
                     &[self.epoch as u64, self.cfg.rank as u64, self.batch_index],
                 );
                 let t = m
-                    .apply(&mut images, &labels, (3, s, s), self.cfg.num_classes, &mut rng)
+                    .apply(
+                        &mut images,
+                        &labels,
+                        (3, s, s),
+                        self.cfg.num_classes,
+                        &mut rng,
+                    )
                     .map_err(|msg| DataError::Config {
                         field: "mixup",
                         msg,
                     })?;
-                Some(Tensor::from_vec(t, (n, self.cfg.num_classes), &self.device)?)
+                Some(Tensor::from_vec(
+                    t,
+                    (n, self.cfg.num_classes),
+                    &self.device,
+                )?)
             }
             None => None,
         };

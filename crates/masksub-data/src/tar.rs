@@ -100,7 +100,13 @@ impl<R: Read> TarReader<R> {
             let sum: u64 = block
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        b as u64
+                    }
+                })
                 .sum();
             if sum != stored {
                 return Err(self.header_err(format!("checksum {stored} != computed {sum}")));

@@ -54,7 +54,10 @@ impl Pending {
             .image
             .clone()
             .ok_or_else(|| bad("no .jpg/.jpeg/.png/.webp member".into()))?;
-        let cls = self.cls.as_ref().ok_or_else(|| bad("no .cls label".into()))?;
+        let cls = self
+            .cls
+            .as_ref()
+            .ok_or_else(|| bad("no .cls label".into()))?;
         let text = std::str::from_utf8(cls).map_err(|_| bad("label is not text".into()))?;
         let label = text
             .trim()

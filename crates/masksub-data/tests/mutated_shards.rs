@@ -11,9 +11,14 @@ use rand::{Rng, SeedableRng};
 fn shard() -> Vec<u8> {
     let img = RgbImage::from_raw(9, 7, (0..189).map(|i| (i * 11 % 256) as u8).collect()).unwrap();
     let mut w = TarWriter::new(Vec::new());
-    w.append("a.jpg", &encode(&img, image::ImageFormat::Jpeg, 80).unwrap()).unwrap();
+    w.append(
+        "a.jpg",
+        &encode(&img, image::ImageFormat::Jpeg, 80).unwrap(),
+    )
+    .unwrap();
     w.append("a.cls", b"1").unwrap();
-    w.append("b.png", &encode(&img, image::ImageFormat::Png, 0).unwrap()).unwrap();
+    w.append("b.png", &encode(&img, image::ImageFormat::Png, 0).unwrap())
+        .unwrap();
     w.append("b.cls", b"2").unwrap();
     w.finish().unwrap()
 }
@@ -44,7 +49,9 @@ fn mutated_shards_never_panic_and_bad_parts_are_errors() {
             1 => bytes.truncate(rng.random_range(0..bytes.len())),
             _ => {
                 let i = rng.random_range(0..bytes.len());
-                let junk: Vec<u8> = (0..rng.random_range(1..600)).map(|_| rng.random()).collect();
+                let junk: Vec<u8> = (0..rng.random_range(1..600))
+                    .map(|_| rng.random())
+                    .collect();
                 bytes.splice(i..i, junk);
             }
         }

@@ -21,7 +21,8 @@ fn image(i: usize) -> RgbImage {
 fn make_shards(dir: &Path, n: usize, per: usize) {
     let mut w = ShardWriter::new(dir, "t", "train", per, ShardImageFormat::Png).unwrap();
     for i in 0..n {
-        w.write(&format!("s{i:03}"), &image(i), (i % 3) as u32).unwrap();
+        w.write(&format!("s{i:03}"), &image(i), (i % 3) as u32)
+            .unwrap();
     }
     w.finish(vec!["a".into(), "b".into(), "c".into()]).unwrap();
 }
@@ -71,7 +72,10 @@ fn folder_and_brace_pattern_resolve_the_same_shards_with_counts() {
     let dir = tempfile::tempdir().unwrap();
     make_shards(dir.path(), 10, 4);
     let a = open(&dir.path().to_string_lossy());
-    let b = open(&format!("{}/t-train-{{000000..000002}}.tar", dir.path().display()));
+    let b = open(&format!(
+        "{}/t-train-{{000000..000002}}.tar",
+        dir.path().display()
+    ));
     assert_eq!((a.num_samples, b.num_samples), (10, 10));
     assert_eq!(a.num_classes, Some(3));
     let missing = StreamDataset::from_shards(
@@ -99,7 +103,10 @@ fn ranks_and_workers_together_see_every_sample_once() {
             world_size: 2,
             ..cfg(false)
         };
-        all.extend(ids(&StreamLoader::new(ds.clone(), c, Device::Cpu).unwrap(), 0));
+        all.extend(ids(
+            &StreamLoader::new(ds.clone(), c, Device::Cpu).unwrap(),
+            0,
+        ));
     }
     all.sort();
     assert_eq!(all, (0..12).collect::<Vec<_>>());
@@ -147,7 +154,8 @@ fn bad_shard(path: &Path) {
     let png = encode(&image(1), image::ImageFormat::Png, 0).unwrap();
     w.append("good1.png", &png).unwrap();
     w.append("good1.cls", b"1").unwrap();
-    w.append("broken.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    w.append("broken.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg")
+        .unwrap();
     w.append("broken.cls", b"2").unwrap();
     w.append("nolabel.png", &png).unwrap();
     w.append("good2.png", &png).unwrap();
@@ -181,7 +189,10 @@ fn bad_samples_are_skipped_and_counted_or_strict_errors_name_shard_and_key() {
     assert_eq!(n, 2, "the two good samples");
     assert_eq!(epoch.skipped(), 3, "{:?}", epoch.bad_examples());
     let msgs = epoch.bad_examples().join("\n");
-    assert!(msgs.contains("bad-train-0.tar, sample broken: image decode failed"), "{msgs}");
+    assert!(
+        msgs.contains("bad-train-0.tar, sample broken: image decode failed"),
+        "{msgs}"
+    );
     assert!(msgs.contains("sample nolabel: no .cls label"), "{msgs}");
     assert!(msgs.contains("broken tar member"), "{msgs}");
 
@@ -191,7 +202,10 @@ fn bad_samples_are_skipped_and_counted_or_strict_errors_name_shard_and_key() {
         .find_map(|b| b.err())
         .expect("strict mode fails");
     let text = err.to_string();
-    assert!(text.starts_with("shard bad-train-0.tar, sample broken:"), "{text}");
+    assert!(
+        text.starts_with("shard bad-train-0.tar, sample broken:"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -211,7 +225,10 @@ fn hub_dataset_resolves_offline_from_a_hub_cache_layout() {
     };
     let ds = StreamDataset::from_shards("hf://datasets/acme/tiny-wds", "train", &opts).unwrap();
     assert_eq!(ds.num_samples, 6, "counts from the cached _info.json");
-    let mut got = ids(&StreamLoader::new(Arc::new(ds), cfg(false), Device::Cpu).unwrap(), 0);
+    let mut got = ids(
+        &StreamLoader::new(Arc::new(ds), cfg(false), Device::Cpu).unwrap(),
+        0,
+    );
     got.sort();
     assert_eq!(got, (0..6).collect::<Vec<_>>());
     // Without _info.json the shards are listed from the snapshot folder.

@@ -54,7 +54,10 @@ fn data(a: DataBenchArgs) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
         .with_context(|| format!("{}: cannot read", a.images.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png")
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -63,8 +66,13 @@ fn data(a: DataBenchArgs) -> Result<()> {
     let blobs: Vec<(Vec<u8>, String)> = files
         .iter()
         .map(|p| {
-            let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-            std::fs::read(p).map(|b| (b, ext)).with_context(|| format!("{}", p.display()))
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            std::fs::read(p)
+                .map(|b| (b, ext))
+                .with_context(|| format!("{}", p.display()))
         })
         .collect::<Result<_>>()?;
     // Bilinear RRC, like torchvision's RandomResizedCrop default on the Python side.
@@ -75,7 +83,10 @@ fn data(a: DataBenchArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     for t in a.threads.split(',') {
-        let threads: usize = t.trim().parse().with_context(|| format!("--threads: `{t}`"))?;
+        let threads: usize = t
+            .trim()
+            .parse()
+            .with_context(|| format!("--threads: `{t}`"))?;
         if threads == 0 {
             bail!("--threads: 0 is not a thread count");
         }
@@ -102,7 +113,9 @@ fn data(a: DataBenchArgs) -> Result<()> {
                 })
                 .collect();
             for h in hs {
-                decode_total += h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+                decode_total += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
             }
             Ok(())
         })?;

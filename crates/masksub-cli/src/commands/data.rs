@@ -71,7 +71,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 
 fn gray_to_rgb(px: &[u8], w: usize, h: usize) -> RgbImage {
     let data = px.iter().flat_map(|&v| [v, v, v]).collect();
-    RgbImage { width: w, height: h, data }
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
 }
 
 fn convert(a: ConvertArgs) -> Result<()> {
@@ -96,7 +100,10 @@ fn convert(a: ConvertArgs) -> Result<()> {
             };
             let ds = InMemoryDataset::from_idx_dir(&a.input, s)?;
             if ds.channels != 1 {
-                bail!("{}: only 1-channel IDX images are supported", a.input.display());
+                bail!(
+                    "{}: only 1-channel IDX images are supported",
+                    a.input.display()
+                );
             }
             for i in 0..ds.len() {
                 let img = gray_to_rgb(ds.image(i), ds.width, ds.height);
@@ -117,7 +124,11 @@ fn convert(a: ConvertArgs) -> Result<()> {
                     .unwrap_or((stem.clone(), String::new()));
                 let key = format!("{i:08}_{}", base.replace('.', "_"));
                 if matches!(a.format, OutFormat::Keep) {
-                    let ext = if ext == "jpeg" { "jpg".to_string() } else { ext };
+                    let ext = if ext == "jpeg" {
+                        "jpg".to_string()
+                    } else {
+                        ext
+                    };
                     w.write_encoded(&key, &ext, &bytes, *label)?;
                 } else {
                     let img = decode_rgb(&bytes, &ext)
@@ -147,11 +158,21 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let masksub_data::stream::StreamSource::Shards(set) = &ds.source else {
         bail!("not a shard set");
     };
-    println!("{} [{}]: {} shards, {} samples", a.data, a.split, set.shards.len(), ds.num_samples);
+    println!(
+        "{} [{}]: {} shards, {} samples",
+        a.data,
+        a.split,
+        set.shards.len(),
+        ds.num_samples
+    );
     match ds.num_classes {
         Some(n) if !ds.classes.is_empty() => {
             let shown: Vec<_> = ds.classes.iter().take(10).cloned().collect();
-            println!("classes: {n} ({}{})", shown.join(", "), if n > 10 { ", ..." } else { "" })
+            println!(
+                "classes: {n} ({}{})",
+                shown.join(", "),
+                if n > 10 { ", ..." } else { "" }
+            )
         }
         Some(n) => println!("classes: {n} (largest label + 1)"),
         None => println!("classes: unknown"),

@@ -45,7 +45,11 @@ pub fn invert(img: &mut RgbImage) {
 /// Keeps the top `bits` bits of each value.
 pub fn posterize(img: &mut RgbImage, bits: u32) {
     let bits = bits.min(8);
-    let mask = if bits == 0 { 0 } else { !((1u16 << (8 - bits)) - 1) as u8 };
+    let mask = if bits == 0 {
+        0
+    } else {
+        !((1u16 << (8 - bits)) - 1) as u8
+    };
     for v in &mut img.data {
         *v &= mask;
     }
@@ -243,7 +247,8 @@ mod tests {
         brightness(&mut b, 0.5);
         assert_eq!(b.data[0], 20);
         // 64 levels x 16 pixels each: equalization spreads them over the full range.
-        let mut e = RgbImage::from_raw(32, 32, (0..3072).map(|i| (i / 48) as u8).collect()).unwrap();
+        let mut e =
+            RgbImage::from_raw(32, 32, (0..3072).map(|i| (i / 48) as u8).collect()).unwrap();
         equalize(&mut e);
         assert_eq!((e.data[0], e.data[3071]), (0, 255));
         assert_eq!(e.data[1536], 171); // PIL: (step/2 + 16 * 32) / step, step = 3

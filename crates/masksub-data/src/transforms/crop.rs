@@ -96,9 +96,15 @@ pub fn eval_resize_crop(
     let scale_size = ((size as f64 / crop_pct).floor() as usize).max(1);
     let (w, h) = (img.width, img.height);
     let (nw, nh) = if w <= h {
-        (scale_size, (scale_size as u64 * h as u64 / w as u64) as usize)
+        (
+            scale_size,
+            (scale_size as u64 * h as u64 / w as u64) as usize,
+        )
     } else {
-        ((scale_size as u64 * w as u64 / h as u64) as usize, scale_size)
+        (
+            (scale_size as u64 * w as u64 / h as u64) as usize,
+            scale_size,
+        )
     };
     let resized = super::resize::resize(img, nw.max(1), nh.max(1), filter);
     center_crop(&resized, size)

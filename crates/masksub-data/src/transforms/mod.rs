@@ -198,7 +198,13 @@ pub fn color_jitter(img: &mut RgbImage, s: f64, rng: &mut impl Rng) {
 }
 
 /// HWC bytes -> CHW `(x / 255 - mean) / std` (ToTensor + Normalize), mirrored if `flip`.
-pub fn to_normalized_chw(img: &RgbImage, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+pub fn to_normalized_chw(
+    img: &RgbImage,
+    flip: bool,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    out: &mut [f32],
+) {
     let (w, h) = (img.width, img.height);
     let plane = w * h;
     let mut lut = [[0f32; 256]; 3];
@@ -243,7 +249,8 @@ mod tests {
 
     #[test]
     fn every_recipe_produces_finite_output_of_the_right_size() {
-        let img = RgbImage::from_raw(40, 30, (0..3600).map(|i| (i * 31 % 256) as u8).collect()).unwrap();
+        let img =
+            RgbImage::from_raw(40, 30, (0..3600).map(|i| (i * 31 % 256) as u8).collect()).unwrap();
         let base = ImageAugConfig {
             img_size: 16,
             ..ImageAugConfig::default()

@@ -213,7 +213,8 @@ mod tests {
 
     #[test]
     fn same_size_is_identity_and_constant_stays_constant() {
-        let img = RgbImage::from_raw(5, 4, (0..60).map(|i| (i * 37 % 256) as u8).collect()).unwrap();
+        let img =
+            RgbImage::from_raw(5, 4, (0..60).map(|i| (i * 37 % 256) as u8).collect()).unwrap();
         for f in [Interpolation::Bilinear, Interpolation::Bicubic] {
             assert_eq!(resize(&img, 5, 4, f), img);
             let c = RgbImage::filled(37, 23, [10, 128, 250]);
@@ -225,7 +226,12 @@ mod tests {
     #[test]
     fn two_to_one_bilinear_averages_pairs() {
         // PIL: a 4x1 row [0, 100, 200, 50] halved with bilinear -> support 2 at scale 2.
-        let img = RgbImage::from_raw(4, 1, [0u8, 100, 200, 50].iter().flat_map(|&v| [v; 3]).collect()).unwrap();
+        let img = RgbImage::from_raw(
+            4,
+            1,
+            [0u8, 100, 200, 50].iter().flat_map(|&v| [v; 3]).collect(),
+        )
+        .unwrap();
         let r = resize(&img, 2, 1, Interpolation::Bilinear);
         // Weights for out 0 (center 1.0): x=0..2 -> (0.75, 0.25)+... normalized: [0.75,0.25]/1 over
         // inputs 0,1 plus 0.25/0.75 of input 2 -> computed by hand: (0*3 + 100*3 + 200*1)/7.
