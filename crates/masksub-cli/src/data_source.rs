@@ -54,7 +54,8 @@ impl DataSource {
     }
 }
 
-/// Training and evaluation data of a run.
+/// Training and evaluation data of a run (one value per run, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum TrainData {
     InMemory {
         train: InMemoryDataset,
@@ -69,7 +70,7 @@ pub enum TrainData {
 /// One epoch's batches plus the count of skipped bad samples.
 pub enum EpochBatches<'a> {
     InMemory(Box<dyn Iterator<Item = masksub_data::error::Result<Batch>> + 'a>),
-    Stream(StreamEpoch),
+    Stream(Box<StreamEpoch>),
 }
 
 impl Iterator for EpochBatches<'_> {
@@ -109,7 +110,7 @@ impl TrainLoader<'_> {
     pub fn epoch(&self, epoch: usize) -> EpochBatches<'_> {
         match self {
             TrainLoader::InMemory(l) => EpochBatches::InMemory(Box::new(l.epoch(epoch))),
-            TrainLoader::Stream(l) => EpochBatches::Stream(l.epoch(epoch)),
+            TrainLoader::Stream(l) => EpochBatches::Stream(Box::new(l.epoch(epoch))),
         }
     }
 }

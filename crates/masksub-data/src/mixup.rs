@@ -50,7 +50,7 @@ impl MixupConfig {
         rng: &mut impl Rng,
     ) -> Result<Vec<f32>, String> {
         let b = labels.len();
-        if b % 2 != 0 {
+        if !b.is_multiple_of(2) {
             return Err(format!("mixup/cutmix needs an even batch size, got {b}"));
         }
         let (c, h, w) = chw;

@@ -124,7 +124,7 @@ impl RandAugment {
         let mut m = self.magnitude;
         if self.magnitude_std > 0.0 {
             if self.magnitude_std.is_infinite() {
-                m = rng.random::<f64>() * m;
+                m *= rng.random::<f64>();
             } else if let Ok(n) = Normal::new(m, self.magnitude_std) {
                 m = n.sample(rng);
             }

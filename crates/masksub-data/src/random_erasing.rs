@@ -68,7 +68,7 @@ mod tests {
         re.apply(&mut img, 3, 32, 32, &mut rng);
         let changed = img.iter().filter(|&&v| v != 5.0).count();
         // Area fraction 0.02-1/3 of 1024 px over 3 channels.
-        assert!(changed >= 3 * 15 && changed <= 3 * 345, "{changed}");
+        assert!((3 * 15..=3 * 345).contains(&changed), "{changed}");
         let off = RandomErasing {
             prob: 0.0,
             max_count: 1,

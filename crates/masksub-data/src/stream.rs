@@ -162,7 +162,7 @@ impl StreamConfig {
         if self.num_classes == 0 {
             return bad("num_classes", "must be > 0".into());
         }
-        if self.mixup.is_some_and(|m| m.is_active()) && self.batch_size % 2 != 0 {
+        if self.mixup.is_some_and(|m| m.is_active()) && !self.batch_size.is_multiple_of(2) {
             return bad(
                 "batch_size",
                 format!(

@@ -185,7 +185,7 @@ fn bad_samples_are_skipped_and_counted_or_strict_errors_name_shard_and_key() {
     };
     let loader = StreamLoader::new(ds.clone(), c.clone(), Device::Cpu).unwrap();
     let mut epoch = loader.epoch(0);
-    let n = epoch.by_ref().map(|b| b.unwrap()).count();
+    let n = epoch.by_ref().inspect(|b| assert!(b.is_ok())).count();
     assert_eq!(n, 2, "the two good samples");
     assert_eq!(epoch.skipped(), 3, "{:?}", epoch.bad_examples());
     let msgs = epoch.bad_examples().join("\n");
