@@ -241,3 +241,31 @@ fn hub_dataset_resolves_offline_from_a_hub_cache_layout() {
         .to_string();
     assert!(e.contains("acme/tiny-wds"), "{e}");
 }
+
+#[test]
+fn image_folder_streams_every_file_with_sorted_class_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, class) in ["zebra", "ant", "ant", "moth", "zebra", "ant"].iter().enumerate() {
+        let d = dir.path().join("train").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        let png = encode(&image(i), image::ImageFormat::Png, 0).unwrap();
+        std::fs::write(d.join(format!("img{i}.png")), png).unwrap();
+    }
+    std::fs::write(dir.path().join("train/ant/notes.txt"), b"ignored").unwrap();
+    let ds = StreamDataset::from_folder(dir.path(), "train").unwrap();
+    assert_eq!(ds.classes, vec!["ant", "moth", "zebra"]);
+    assert_eq!(ds.num_samples, 6);
+    let loader = StreamLoader::new(Arc::new(ds), cfg(false), Device::Cpu).unwrap();
+    let mut pairs = Vec::new();
+    for b in loader.epoch(0) {
+        let b = b.unwrap();
+        let labels = b.labels.to_vec1::<u32>().unwrap();
+        let v = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (k, l) in labels.iter().enumerate() {
+            pairs.push(((v[k * 3 * 64] * 255.0 / 5.0).round() as usize, *l));
+        }
+    }
+    pairs.sort();
+    // img i keeps the label of its folder: ant = 0, moth = 1, zebra = 2.
+    assert_eq!(pairs, vec![(0, 2), (1, 0), (2, 0), (3, 1), (4, 2), (5, 0)]);
+}
