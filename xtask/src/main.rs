@@ -3,7 +3,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod bench_data;
+mod common;
+mod scaling;
 mod sub_cost;
 
 #[derive(Parser)]
@@ -21,11 +24,19 @@ enum Command {
     /// Data pipeline img/s of masksub vs PIL + torchvision on the same JPEGs; writes the
     /// "Data pipeline" section of BENCHMARKS.md.
     BenchData(bench_data::Args),
+    /// Measure data-parallel img/s at 1 and 2 MPI ranks and the all-reduce share of a step,
+    /// and write the "Data-parallel scaling" section of BENCHMARKS.md (needs Open MPI).
+    Scaling(scaling::Args),
+    /// Time masksub's training step against PyTorch eager + timm (same model, recipe, threads)
+    /// and write the "Training speed" section of BENCHMARKS.md (needs torch + timm).
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::SubCost(a) => sub_cost::run(a),
         Command::BenchData(a) => bench_data::run_bench(a),
+        Command::Scaling(a) => scaling::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

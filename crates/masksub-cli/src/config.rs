@@ -193,11 +193,9 @@ impl TrainConfig {
                 self.smoothing
             );
         }
-        if let SubModel::Masking { ratio } = self.sub {
-            if !(0.0..1.0).contains(&ratio) {
-                bail!("invalid config: `mask_ratio` = {ratio} is not in [0, 1)");
-            }
-        }
+        self.sub
+            .validate("sub.ratio")
+            .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
         if let Some(c) = self.clip_grad {
             if !(c.is_finite() && c > 0.0) {
                 bail!("invalid config: `clip_grad` = {c} must be positive");

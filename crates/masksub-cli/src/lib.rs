@@ -1,6 +1,7 @@
 //! The composition layer of masksub: the training loop and everything around it (checkpoints,
 //! metrics, progress, collectives), reusable by the `masksub` binary and by `xtask`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data_source;
@@ -8,6 +9,7 @@ pub mod device;
 pub mod eval;
 pub mod metrics;
 pub mod progress;
+pub mod recipe;
 pub mod step;
 pub mod trainer;
 

@@ -30,7 +30,9 @@ enum Command {
     /// Convert and inspect WebDataset shards.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
-    /// Benchmarks (data pipeline throughput).
+    /// List the shipped training recipes (`train --recipe NAME`).
+    Recipes(commands::recipes::RecipesArgs),
+    /// Measure training-step, inference or data-pipeline throughput.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
 }
@@ -57,6 +59,7 @@ fn main() {
         Command::Models(a) => commands::models::run(a),
         Command::Data(c) => commands::data::run(c),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Recipes(a) => commands::recipes::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::{Tensor, Var};
 use masksub_core::rng::{purpose, seeded};
 use masksub_core::{
-    loss::smoothed_one_hot, objective::check_finite, CosineSchedule, Optimizer, ParamGroup,
+    loss::smoothed_one_hot, objective::check_finite, CosineSchedule, Optimizer, ParamGroup, Phase,
     StepLosses, SubModelForward, SubObjective,
 };
 use masksub_dist::{params, Collective};
@@ -20,8 +20,32 @@ pub struct StepOutcome {
     pub losses: StepLosses,
     pub lr: f64,
     pub grad_norm: Option<f32>,
-    /// Seconds this step spent in collectives (gradient and loss all-reduce).
-    pub comm_seconds: f64,
+    /// Where the step's time went.
+    pub times: StepTimes,
+}
+
+/// Seconds of one step by part (`masksub bench train` reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepTimes {
+    pub main_forward: f64,
+    pub main_backward: f64,
+    pub sub_forward: f64,
+    pub sub_backward: f64,
+    /// Collectives (gradient and loss all-reduce); 0 for one process.
+    pub comm: f64,
+    /// Clipping and the optimizer update.
+    pub optimizer: f64,
+}
+
+impl StepTimes {
+    pub fn total(&self) -> f64 {
+        self.main_forward
+            + self.main_backward
+            + self.sub_forward
+            + self.sub_backward
+            + self.comm
+            + self.optimizer
+    }
 }
 
 /// A training step: consume one batch, update the parameters once.
@@ -65,6 +89,9 @@ pub struct MaskSubStep<'a> {
     pub clip_grad: Option<f64>,
     pub smoothing: f64,
     pub seed: u64,
+    /// Synchronize the device at each phase boundary so [`StepTimes`] is exact on an
+    /// asynchronous device (CUDA); costs a little, so only benchmarks set it.
+    pub sync_phases: bool,
     vars: Vec<Var>,
 }
 
@@ -107,6 +134,7 @@ impl<'a> MaskSubStep<'a> {
             clip_grad,
             smoothing,
             seed,
+            sync_phases: false,
             vars,
         }
     }
@@ -145,9 +173,29 @@ impl MaskSubStep<'_> {
             self.model.mask_kind(),
             |i| seeded(&[purpose::MASK, self.seed, step, (i * world + rank) as u64]),
         )?;
-        let (mut losses, mut grads) =
-            self.objective
-                .step_with_plan(self.model, images, &targets, plan.as_ref())?;
+        let mut times = StepTimes::default();
+        let mut t = Instant::now();
+        let (device, sync) = (images.device().clone(), self.sync_phases);
+        let (mut losses, mut grads) = self.objective.step_observed(
+            self.model,
+            images,
+            &targets,
+            plan.as_ref(),
+            &mut |phase| {
+                if sync {
+                    device.synchronize()?;
+                }
+                let slot = match phase {
+                    Phase::MainForward => &mut times.main_forward,
+                    Phase::MainBackward => &mut times.main_backward,
+                    Phase::SubForward => &mut times.sub_forward,
+                    Phase::SubBackward => &mut times.sub_backward,
+                };
+                *slot = t.elapsed().as_secs_f64();
+                t = Instant::now();
+                Ok(())
+            },
+        )?;
         let t_comm = Instant::now();
         if world > 1 {
             // One tiny reduction so every rank logs, and stops on, the global batch's loss.
@@ -171,7 +219,8 @@ impl MaskSubStep<'_> {
             &self.vars,
             params::DEFAULT_BUCKET_ELEMS,
         )?;
-        let comm_seconds = t_comm.elapsed().as_secs_f64();
+        times.comm = t_comm.elapsed().as_secs_f64();
+        let t_opt = Instant::now();
         let grad_norm = match self.clip_grad {
             Some(max) => Some(masksub_core::clip::clip_grad_norm(
                 &mut grads, &self.vars, max,
@@ -189,11 +238,15 @@ impl MaskSubStep<'_> {
             }
         }
         self.optimizer.step(&grads)?;
+        if self.sync_phases {
+            images.device().synchronize()?;
+        }
+        times.optimizer = t_opt.elapsed().as_secs_f64();
         Ok(StepOutcome {
             losses,
             lr,
             grad_norm,
-            comm_seconds,
+            times,
         })
     }
 }

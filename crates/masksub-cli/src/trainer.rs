@@ -63,6 +63,8 @@ pub struct TrainSummary {
     pub final_train_loss: f64,
     /// Mean training throughput over the epochs run in this invocation (evaluation excluded).
     pub train_img_per_s: f64,
+    /// Seconds of training (steps, evaluation excluded) in this invocation.
+    pub train_seconds: f64,
     /// Seconds of training time spent in collectives (0 for one process).
     pub train_comm_seconds: f64,
     pub wall_seconds: f64,
@@ -248,7 +250,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
                 Some(t) => stepper.step_with_targets(&batch.images, t, state.step)?,
                 None => stepper.step(&batch.images, &batch.labels, state.step)?,
             };
-            comm_total += o.comm_seconds;
+            comm_total += o.times.comm;
             state.step += 1;
             n_steps += 1;
             imgs += b;
@@ -322,18 +324,20 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             let w = model.state_dict()?.into_iter().collect();
             checkpoint::save(out, &w, &stepper.optimizer.state_tensors(), &state)?;
         }
-        progress.println(&format!(
-            "epoch {}/{}: train loss {:.4}{} | test top-1 {:.2}% top-5 {:.2}% loss {:.4} | {:.0} img/s, {:.0}s",
-            epoch + 1,
-            cfg.epochs,
-            row.train_loss,
-            row.train_sub_loss.map(|s| format!(" sub_loss {s:.4}")).unwrap_or_default(),
-            ev.top1,
-            ev.top5,
-            ev.loss,
-            row.train_img_per_s,
-            row.epoch_seconds
-        ));
+        if main {
+            progress.println(&format!(
+                "epoch {}/{}: train loss {:.4}{} | test top-1 {:.2}% top-5 {:.2}% loss {:.4} | {:.0} img/s, {:.0}s",
+                epoch + 1,
+                cfg.epochs,
+                row.train_loss,
+                row.train_sub_loss.map(|s| format!(" sub_loss {s:.4}")).unwrap_or_default(),
+                ev.top1,
+                ev.top5,
+                ev.loss,
+                row.train_img_per_s,
+                row.epoch_seconds
+            ));
+        }
         last_eval = Some(ev);
     }
     progress.finish();
@@ -350,6 +354,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         best_top1: state.best_top1,
         final_train_loss: last_train_loss,
         train_img_per_s: imgs_total as f64 / train_secs_total.max(1e-9),
+        train_seconds: train_secs_total,
         train_comm_seconds: comm_total,
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
@@ -363,7 +368,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
 }
 
 /// The optimizer the config names, over `groups`.
-fn build_optimizer(
+pub(crate) fn build_optimizer(
     cfg: &TrainConfig,
     groups: Vec<masksub_core::ParamGroup>,
 ) -> Result<Box<dyn Optimizer>> {

@@ -29,11 +29,15 @@ fn bad_train_inputs_name_what_is_wrong() {
             &["train", "--data", "/nonexistent/fmnist", "--out", o],
             "/nonexistent/fmnist",
         ),
-        (&["train", "--mask-ratio", "1.5", "--out", o], "mask_ratio"),
+        (&["train", "--mask-ratio", "1.5", "--out", o], "sub.ratio"),
+        (
+            &["train", "--sub", "dropout", "--sub-ratio", "0", "--out", o],
+            "sub.ratio",
+        ),
         (&["train", "--batch-size", "0", "--out", o], "batch_size"),
         (
             &["train", "--sub", "none", "--mask-ratio", "0.3", "--out", o],
-            "--mask-ratio needs --sub masking",
+            "--mask-ratio needs a sub-model",
         ),
         (&["train", "--device", "tpu", "--out", o], "expected cpu"),
         (&["train", "--resume", missing], "config.json"),

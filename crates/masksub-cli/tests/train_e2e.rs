@@ -298,3 +298,33 @@ fn lamb_with_bce_trains_and_its_state_survives_a_resume() {
     let d = max_weight_diff(&full, &split);
     assert!(d < 1e-4, "resumed LAMB run differs by {d}");
 }
+
+#[test]
+fn dropsub_and_pathsub_train_with_a_sub_loss_and_differ_from_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut finals = Vec::new();
+    for (name, sub) in [
+        ("dropout", SubModel::Dropout { ratio: 0.3 }),
+        ("droppath", SubModel::DropPath { ratio: 0.3 }),
+    ] {
+        let cfg = TrainConfig {
+            sub,
+            train_subset: Some(400),
+            epochs: 1,
+            ..quick_config()
+        };
+        let out = dir.path().join(name);
+        let s = train(&cfg, opts(&out)).unwrap();
+        let steps = jsonl(&out, "step");
+        assert_eq!(steps.len(), 8);
+        assert!(
+            steps
+                .iter()
+                .all(|r| r["sub_loss"].as_f64().is_some_and(f64::is_finite)),
+            "{name} reports a sub loss every step"
+        );
+        assert!(s.final_train_loss < steps[0]["loss"].as_f64().unwrap());
+        finals.push(out);
+    }
+    assert!(max_weight_diff(&finals[0], &finals[1]) > 1e-4);
+}

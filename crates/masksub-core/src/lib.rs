@@ -19,7 +19,7 @@ pub mod schedule;
 pub use error::CoreError;
 pub use loss::LossKind;
 pub use mask::{MaskKind, MaskPlan, MaskStrategy, RandomTokenDrop, RandomUnitMask, TokenGrid};
-pub use objective::{StepLosses, SubModel, SubModelForward, SubObjective};
+pub use objective::{Phase, StepLosses, SubModel, SubModelForward, SubObjective, SubRegularizer};
 pub use optim::{AdamW, AdamWConfig, Lamb, LambConfig, Optimizer, OptimizerKind, ParamGroup};
 pub use schedule::CosineSchedule;
 

@@ -17,6 +17,9 @@ pub enum DistError {
     /// Ranks disagree about what they reduce (a bug or mismatched binaries/configs).
     #[error("ranks disagree: {0}")]
     Mismatch(String),
+    /// The NCCL id file rendezvous failed.
+    #[error("rendezvous file `{path}`: {reason}")]
+    Rendezvous { path: String, reason: String },
     #[error("{engine}: {reason}")]
     Engine {
         engine: &'static str,

@@ -116,7 +116,7 @@ pub fn from_env(device: &Device) -> Result<Box<dyn Collective>> {
         return Ok(Box::new(SingleProcess));
     }
     if device.is_cuda() {
-        return nccl_collective(launch);
+        return nccl_collective(launch, device);
     }
     if launch.is_mpi() {
         return mpi_collective(launch);
@@ -149,15 +149,16 @@ fn mpi_collective(launch: Launch) -> Result<Box<dyn Collective>> {
 }
 
 #[cfg(feature = "nccl")]
-fn nccl_collective(launch: Launch) -> Result<Box<dyn Collective>> {
+fn nccl_collective(launch: Launch, device: &Device) -> Result<Box<dyn Collective>> {
     Ok(Box::new(crate::nccl::NcclCollective::init(
         launch,
+        device,
         collective_timeout()?,
     )?))
 }
 
 #[cfg(not(feature = "nccl"))]
-fn nccl_collective(launch: Launch) -> Result<Box<dyn Collective>> {
+fn nccl_collective(launch: Launch, _device: &Device) -> Result<Box<dyn Collective>> {
     if launch.world_size == 1 {
         return Ok(Box::new(SingleProcess));
     }
@@ -206,7 +207,10 @@ mod tests {
             ("OMPI_COMM_WORLD_SIZE", "2"),
         ])
         .unwrap();
-        assert_eq!((l.launcher, l.rank, l.world_size), (Launcher::OpenMpi, 0, 2));
+        assert_eq!(
+            (l.launcher, l.rank, l.world_size),
+            (Launcher::OpenMpi, 0, 2)
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod params;
+pub mod rendezvous;
 pub mod watchdog;
 
 pub use collective::{Collective, SingleProcess};

@@ -69,7 +69,11 @@ impl MpiCollective {
         })
     }
 
-    fn with_world<T>(&self, op: &'static str, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T> {
+    fn with_world<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&SimpleCommunicator) -> T,
+    ) -> Result<T> {
         let comms = self.comms.lock().map_err(|_| DistError::Engine {
             engine: "mpi",
             reason: "a previous collective panicked".into(),

@@ -206,8 +206,13 @@ mod tests {
     fn vars() -> Vec<Var> {
         let d = Device::Cpu;
         vec![
-            Var::from_tensor(&Tensor::arange(0f32, 6., &d).unwrap().reshape((2, 3)).unwrap())
-                .unwrap(),
+            Var::from_tensor(
+                &Tensor::arange(0f32, 6., &d)
+                    .unwrap()
+                    .reshape((2, 3))
+                    .unwrap(),
+            )
+            .unwrap(),
             Var::from_tensor(&Tensor::new(&[5f32, -1.], &d).unwrap()).unwrap(),
             Var::from_tensor(&Tensor::ones((3, 2, 2), DType::F32, &d).unwrap()).unwrap(),
         ]
@@ -256,7 +261,10 @@ mod tests {
         let e = all_reduce_mean_grads(&c, &mut grads, &vs, 1 << 20)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("parameter #0") && e.contains("of 2 ranks"), "{e}");
+        assert!(
+            e.contains("parameter #0") && e.contains("of 2 ranks"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(400));
-        assert!(!FIRED.load(Ordering::SeqCst), "a finished collective never fires");
+        assert!(
+            !FIRED.load(Ordering::SeqCst),
+            "a finished collective never fires"
+        );
         let _g = w.enter("stuck");
         let t = Instant::now();
         while !FIRED.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {

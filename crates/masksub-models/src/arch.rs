@@ -17,6 +17,12 @@ pub trait ArchConfig {
     fn validate(&self) -> Result<()>;
     /// One line for `masksub models`.
     fn describe(&self) -> String;
+    /// FLOPs (2 per multiply-add, matrix products and convolutions only) of one image's
+    /// forward pass: plain with `None`, the MaskSub sub pass at `Some(mask_ratio)`. `None` when
+    /// the family does not count them.
+    fn forward_flops(&self, _mask_ratio: Option<f64>) -> Option<f64> {
+        None
+    }
     /// Build the network: trainable parameters come from `params` (paths = timm keys),
     /// non-trainable state (BatchNorm running statistics) goes into `buffers`; `seed` seeds
     /// the model's own randomness (drop-path).
@@ -44,6 +50,9 @@ impl ArchConfig for crate::VitConfig {
     }
     fn validate(&self) -> Result<()> {
         crate::VitConfig::validate(self)
+    }
+    fn forward_flops(&self, mask_ratio: Option<f64>) -> Option<f64> {
+        Some(crate::VitConfig::forward_flops(self, mask_ratio))
     }
     fn describe(&self) -> String {
         format!(

@@ -3,7 +3,7 @@
 use crate::ops;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use rand::Rng;
+use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Mutex;
 
@@ -99,6 +99,46 @@ impl Module for Mlp {
     }
 }
 
+impl Mlp {
+    /// timm's Mlp with `drop = rate`: dropout after the activation and after fc2.
+    pub fn forward_dropout(
+        &self,
+        x: &Tensor,
+        rate: f64,
+        rng: &Mutex<ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let h = dropout(&ops::gelu_erf(&self.fc1.forward(x)?)?, rate, rng)?;
+        dropout(&self.fc2.forward(&h)?, rate, rng)
+    }
+}
+
+/// Inverted dropout (kept values scaled by 1 / (1 - rate)), drawn from `rng` so a run replays.
+pub fn dropout(x: &Tensor, rate: f64, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    if rate <= 0.0 {
+        return Ok(x.clone());
+    }
+    let rate = rate.min(1.0 - 1e-6);
+    // Keep when a uniform u32 falls below (1 - rate) * 2^32.
+    let threshold = ((1.0 - rate) * 4_294_967_296.0) as u64;
+    let scale = (1.0 / (1.0 - rate)) as f32;
+    let mask: Vec<f32> = {
+        let mut rng = rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+        (0..x.elem_count())
+            .map(|_| {
+                if (rng.next_u32() as u64) < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
 /// Per-channel learnable scale (timm's LayerScale, key `gamma`).
 #[derive(Debug, Clone)]
 pub struct LayerScale {
@@ -132,11 +172,27 @@ impl DropPath {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-        if !train || self.rate <= 0.0 {
+        self.forward_at(x, self.rate, train, rng)
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Drop-path at another rate than the configured one (PathSub's sub pass).
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        rate: f64,
+        train: bool,
+        rng: &Mutex<ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        if !train || rate <= 0.0 {
             return Ok(x.clone());
         }
+        let rate = rate.min(1.0 - 1e-6);
         let b = x.dim(0)?;
-        let keep = 1.0 - self.rate;
+        let keep = 1.0 - rate;
         let mask: Vec<f32> = {
             let mut rng = rng
                 .lock()

@@ -5,7 +5,7 @@ use crate::registry::ModelSpec;
 use crate::{Result, Vit};
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
-use masksub_core::{MaskKind, MaskPlan, SubModelForward, TokenGrid};
+use masksub_core::{MaskKind, MaskPlan, SubModelForward, SubRegularizer, TokenGrid};
 
 /// What the trainer and the optimizer need to know about a network.
 pub trait ImageClassifier: Send + Sync {
@@ -29,6 +29,14 @@ pub trait ImageClassifier: Send + Sync {
     /// Re-seed the model's own randomness (drop-path) so a step is reproducible from the run
     /// seed and the step number, including after a resume.
     fn reseed(&self, _seed: u64) {}
+    /// Training forward of a DropSub / PathSub sub pass (see [`SubRegularizer`]); a family
+    /// without it says so.
+    fn forward_regularized(&self, _x: &Tensor, reg: SubRegularizer) -> Result<Tensor> {
+        Err(crate::ModelError::config(
+            "sub",
+            format!("this model family has no {reg:?} sub pass; use masking"),
+        ))
+    }
 }
 
 impl ImageClassifier for Vit {
@@ -79,6 +87,9 @@ impl ImageClassifier for Vit {
     }
     fn reseed(&self, seed: u64) {
         Vit::reseed(self, seed)
+    }
+    fn forward_regularized(&self, x: &Tensor, reg: SubRegularizer) -> Result<Tensor> {
+        Vit::forward_regularized(self, x, reg)
     }
 }
 
@@ -143,12 +154,19 @@ fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+fn to_candle(e: crate::ModelError) -> candle_core::Error {
+    match e {
+        crate::ModelError::Candle(c) => c,
+        other => candle_core::Error::Msg(other.to_string()),
+    }
+}
+
 impl SubModelForward for LoadedModel {
     fn forward_train(&self, x: &Tensor, plan: Option<&MaskPlan>) -> candle_core::Result<Tensor> {
-        self.net.forward(x, plan, true).map_err(|e| match e {
-            crate::ModelError::Candle(c) => c,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        self.net.forward(x, plan, true).map_err(to_candle)
+    }
+    fn forward_regularized(&self, x: &Tensor, reg: SubRegularizer) -> candle_core::Result<Tensor> {
+        self.net.forward_regularized(x, reg).map_err(to_candle)
     }
     fn token_grid(&self) -> TokenGrid {
         self.net.token_grid()

@@ -6,11 +6,11 @@
 //! The sub pass drops patch tokens after the position embedding (cls is always kept), so it
 //! really computes on fewer tokens.
 
-use crate::layers::{DropPath, LayerNorm, LayerScale, Linear, Mlp, TRUNC_NORMAL_02};
+use crate::layers::{self, DropPath, LayerNorm, LayerScale, Linear, Mlp, TRUNC_NORMAL_02};
 use crate::{ops, ModelError, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use masksub_core::TokenGrid;
+use masksub_core::{SubRegularizer, TokenGrid};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,25 @@ impl VitConfig {
             drop_path_rate: 0.1,
             ..Self::deit3_base_patch16_224()
         }
+    }
+
+    /// Forward FLOPs of one image (2 per multiply-add; matrix products only, which is all
+    /// but a few percent): patch embedding on every patch, then the blocks on the cls token
+    /// plus the patch tokens kept — floor(L·(1−r)) in the sub pass, as the token drop keeps.
+    pub fn forward_flops(&self, mask_ratio: Option<f64>) -> f64 {
+        let l = self.grid().len() as f64;
+        let kept = match mask_ratio {
+            Some(r) => (l * (1.0 - r)).floor(),
+            None => l,
+        };
+        let (n, d) = (kept + 1.0, self.embed_dim as f64);
+        let hidden = (d * self.mlp_ratio).floor();
+        let per_block = n * d * 3.0 * d   // qkv
+            + 2.0 * n * n * d             // q·kᵀ and attn·v over all heads
+            + n * d * d                   // proj
+            + 2.0 * n * d * hidden; // fc1 + fc2
+        let patch = (self.in_chans * self.patch_size * self.patch_size) as f64;
+        2.0 * (l * patch * d + self.depth as f64 * per_block + d * self.num_classes as f64)
     }
 
     pub fn grid(&self) -> TokenGrid {
@@ -267,14 +286,34 @@ impl Block {
         train: bool,
         rng: &Mutex<ChaCha8Rng>,
     ) -> candle_core::Result<Tensor> {
+        self.forward_with(x, train, rng, self.drop_path.rate(), 0.0)
+    }
+
+    /// The block at a given drop-path rate and dropout rate (timm's proj_drop / mlp drop):
+    /// the configured ones normally, the sub pass's for PathSub / DropSub.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        rng: &Mutex<ChaCha8Rng>,
+        drop_path: f64,
+        dropout: f64,
+    ) -> candle_core::Result<Tensor> {
         let scaled = |ls: &Option<LayerScale>, y: Tensor| match ls {
             Some(ls) => ls.forward(&y),
             None => Ok(y),
         };
-        let y = scaled(&self.ls1, self.attn.forward(&self.norm1.forward(x)?)?)?;
-        let x = (x + self.drop_path.forward(&y, train, rng)?)?;
-        let y = scaled(&self.ls2, self.mlp.forward(&self.norm2.forward(&x)?)?)?;
-        x + self.drop_path.forward(&y, train, rng)?
+        let attn = layers::dropout(&self.attn.forward(&self.norm1.forward(x)?)?, dropout, rng)?;
+        let y = scaled(&self.ls1, attn)?;
+        let x = (x + self.drop_path.forward_at(&y, drop_path, train, rng)?)?;
+        let h = self.norm2.forward(&x)?;
+        let mlp = if dropout > 0.0 {
+            self.mlp.forward_dropout(&h, dropout, rng)?
+        } else {
+            self.mlp.forward(&h)?
+        };
+        let y = scaled(&self.ls2, mlp)?;
+        x + self.drop_path.forward_at(&y, drop_path, train, rng)?
     }
 }
 
@@ -482,6 +521,32 @@ impl Vit {
         }
     }
 
+    /// Training forward of a DropSub / PathSub sub pass: every token, with dropout at the
+    /// given rate after the position embedding, attention proj and MLP (timm's `drop_rate`), or
+    /// with drop-path at max rate r growing linearly over the blocks (timm's `dpr`).
+    pub fn forward_regularized(&self, x: &Tensor, reg: SubRegularizer) -> Result<Tensor> {
+        let depth = self.blocks.len();
+        let (max_dp, dropout) = match reg {
+            SubRegularizer::DropPath(r) => (Some(r), 0.0),
+            SubRegularizer::Dropout(r) => (None, r),
+        };
+        let rng = &self.drop_path_rng;
+        let mut t = layers::dropout(&self.embed(x, None)?, dropout, rng)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let dp = match max_dp {
+                Some(r) if depth > 1 => r * i as f64 / (depth - 1) as f64,
+                Some(r) => r,
+                None => blk.drop_path.rate(),
+            };
+            t = blk.forward_with(&t, true, rng, dp, dropout)?;
+        }
+        let feats = match &self.norm {
+            Some(n) => n.forward(&t)?,
+            None => t,
+        };
+        self.forward_head(&feats)
+    }
+
     /// Pool and classify: (B, 1 + K, D) -> (B, num_classes).
     pub fn forward_head(&self, feats: &Tensor) -> Result<Tensor> {
         let pooled = match self.cfg.global_pool {
@@ -527,6 +592,21 @@ mod tests {
     use candle_core::Device;
     use candle_nn::VarMap;
 
+    #[test]
+    fn flop_count_matches_timms_published_macs_and_shrinks_with_the_token_drop() {
+        // timm's model card: vit_small_patch16_224 4.6 GMACs, vit_base_patch16_224 17.6 GMACs.
+        for (cfg, gmacs) in [
+            (VitConfig::deit3_small_patch16_224(), 4.6),
+            (VitConfig::deit3_base_patch16_224(), 17.6),
+        ] {
+            let got = cfg.forward_flops(None) / 2e9;
+            assert!((got - gmacs).abs() / gmacs < 0.01, "{got} GMACs vs {gmacs}");
+            // r = 0.5 keeps 98 of 196 patches: the blocks run on 99 tokens instead of 197.
+            let ratio = cfg.forward_flops(Some(0.5)) / cfg.forward_flops(None);
+            assert!((0.45..0.52).contains(&ratio), "sub/plain FLOPs {ratio}");
+        }
+    }
+
     fn model(drop_path_rate: f64) -> Vit {
         let cfg = VitConfig {
             drop_path_rate,
@@ -540,6 +620,38 @@ mod tests {
             0,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn dropsub_and_pathsub_sub_passes_change_the_output_and_replay_from_the_seed() {
+        let m = model(0.0);
+        let x = Tensor::randn(0f32, 1.0, (8, 1, 28, 28), &Device::Cpu).unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let plain = flat(m.forward(&x, None, true).unwrap());
+        for reg in [SubRegularizer::Dropout(0.3), SubRegularizer::DropPath(0.5)] {
+            let run = |seed: u64| {
+                m.reseed(seed);
+                flat(m.forward_regularized(&x, reg).unwrap())
+            };
+            assert_ne!(run(1), plain, "{reg:?} changes the sub pass");
+            assert_eq!(run(4), run(4), "{reg:?} replays from its seed");
+            assert_ne!(run(4), run(5));
+        }
+    }
+
+    #[test]
+    fn dropout_keeps_the_expected_share_and_rescales() {
+        let rng = Mutex::new(ChaCha8Rng::seed_from_u64(3));
+        let x = Tensor::ones(100_000, DType::F32, &Device::Cpu).unwrap();
+        let y = layers::dropout(&x, 0.25, &rng)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let kept = y.iter().filter(|v| **v != 0.0).count() as f64 / y.len() as f64;
+        assert!((kept - 0.75).abs() < 0.005, "kept share {kept}");
+        assert!(y
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
     }
 
     #[test]

@@ -1,143 +1,164 @@
-//! `masksub bench data`: decode + RandomResizedCrop + flip + normalize throughput on real
-//! images, per thread count, written as JSON for `cargo xtask bench-data`.
+//! `masksub bench train|forward`: throughput of one model on synthetic inputs, printed and
+//! written as JSON (`cargo xtask bench` reads it beside PyTorch's numbers).
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use masksub_data::decode::decode_rgb;
-use masksub_data::transforms::{train_transform, ImageAugConfig, TrainInterpolation};
-use rand::SeedableRng;
-use serde::Serialize;
+use anyhow::{Context, Result};
+use candle_core::DType;
+use clap::{Args, Subcommand, ValueEnum};
+use masksub_cli::bench::{bench_forward, bench_train, BenchSettings};
+use masksub_cli::device::{parse_device, set_threads};
+use masksub_cli::TrainConfig;
+use masksub_core::{objective::DEFAULT_MASK_RATIO, SubModel};
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Data pipeline throughput (images/s) at 1..N threads.
-    Data(DataBenchArgs),
+    /// Training steps: img/s, ms per step split into main/sub forward/backward and optimizer,
+    /// FLOPs and GFLOP/s, peak memory.
+    Train(BenchArgs),
+    /// Inference batches (eval mode): img/s.
+    Forward(BenchArgs),
+    /// Data pipeline (decode + RandomResizedCrop + flip + normalize): img/s at 1..N threads.
+    Data(super::bench_data::DataBenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BenchSub {
+    None,
+    Masking,
+    Dropout,
+    Droppath,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BenchDtype {
+    F32,
+    Bf16,
+    F16,
 }
 
 #[derive(Args, Debug)]
-pub struct DataBenchArgs {
-    /// Folder of .jpg/.png files to read (all of them, repeated)
+pub struct BenchArgs {
+    #[arg(long, default_value = "vit_fmnist_small")]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value = "masking")]
+    sub: BenchSub,
+    /// The sub pass's rate: mask ratio, or the dropout / drop-path rate
+    #[arg(long, alias = "sub-ratio", default_value_t = DEFAULT_MASK_RATIO)]
+    mask_ratio: f64,
+    /// Untimed steps first
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed steps (medians are reported)
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Training recipe (optimizer, loss, clipping) as a JSON config; the defaults otherwise
     #[arg(long)]
-    images: PathBuf,
-    /// Images processed per measurement
-    #[arg(long, default_value_t = 2000)]
-    count: usize,
-    /// Comma-separated thread counts
-    #[arg(long, default_value = "1,2")]
-    threads: String,
-    #[arg(long, default_value_t = 224)]
-    size: usize,
-    /// Write the results here as JSON
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: BenchDtype,
+    /// cpu, cuda[:N] or metal[:N]
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also write the report as JSON to this file
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct Row {
-    threads: usize,
-    images: usize,
-    seconds: f64,
-    img_per_s: f64,
-    /// Share of thread time spent decoding.
-    decode_share: f64,
+fn setup(a: &BenchArgs) -> Result<(TrainConfig, BenchSettings, DType, candle_core::Device)> {
+    set_threads(a.threads)?;
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::load(p)?,
+        None => TrainConfig::default(),
+    };
+    cfg.model = a.model.clone();
+    cfg.sub = match a.sub {
+        BenchSub::None => SubModel::None,
+        BenchSub::Masking => SubModel::Masking {
+            ratio: a.mask_ratio,
+        },
+        BenchSub::Dropout => SubModel::Dropout {
+            ratio: a.mask_ratio,
+        },
+        BenchSub::Droppath => SubModel::DropPath {
+            ratio: a.mask_ratio,
+        },
+    };
+    cfg.validate()?;
+    let dtype = match a.dtype {
+        BenchDtype::F32 => DType::F32,
+        BenchDtype::Bf16 => DType::BF16,
+        BenchDtype::F16 => DType::F16,
+    };
+    let b = BenchSettings {
+        batch_size: a.batch_size,
+        warmup: a.warmup,
+        steps: a.steps,
+    };
+    Ok((cfg, b, dtype, parse_device(&a.device)?))
+}
+
+fn emit(report: &impl serde::Serialize, json: &Option<PathBuf>) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    if let Some(p) = json {
+        std::fs::write(p, &text).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(())
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Data(a) => data(a),
-    }
-}
-
-fn data(a: DataBenchArgs) -> Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
-        .with_context(|| format!("{}: cannot read", a.images.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png")
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{}: no .jpg/.png files", a.images.display());
-    }
-    let blobs: Vec<(Vec<u8>, String)> = files
-        .iter()
-        .map(|p| {
-            let ext = p
-                .extension()
-                .map(|e| e.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            std::fs::read(p)
-                .map(|b| (b, ext))
-                .with_context(|| format!("{}", p.display()))
-        })
-        .collect::<Result<_>>()?;
-    // Bilinear RRC, like torchvision's RandomResizedCrop default on the Python side.
-    let cfg = ImageAugConfig {
-        img_size: a.size,
-        interpolation: TrainInterpolation::Bilinear,
-        ..ImageAugConfig::default()
-    };
-    let mut rows = Vec::new();
-    for t in a.threads.split(',') {
-        let threads: usize = t
-            .trim()
-            .parse()
-            .with_context(|| format!("--threads: `{t}`"))?;
-        if threads == 0 {
-            bail!("--threads: 0 is not a thread count");
-        }
-        let per = a.count.div_ceil(threads);
-        let mut decode_total = 0f64;
-        let t0 = Instant::now();
-        std::thread::scope(|s| -> Result<()> {
-            let hs: Vec<_> = (0..threads)
-                .map(|k| {
-                    let (blobs, cfg) = (&blobs, &cfg);
-                    s.spawn(move || -> Result<f64> {
-                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
-                        let mut out = vec![0f32; cfg.sample_len()];
-                        let mut decode_secs = 0f64;
-                        for i in 0..per {
-                            let (b, ext) = &blobs[(k * per + i) % blobs.len()];
-                            let t = Instant::now();
-                            let img = decode_rgb(b, ext).map_err(anyhow::Error::msg)?;
-                            decode_secs += t.elapsed().as_secs_f64();
-                            train_transform(&img, cfg, None, &mut rng, &mut out);
-                        }
-                        Ok(decode_secs)
-                    })
-                })
-                .collect();
-            for h in hs {
-                decode_total += h
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        BenchCommand::Data(a) => super::bench_data::run(a),
+        BenchCommand::Train(a) => {
+            let (cfg, b, dtype, device) = setup(&a)?;
+            let r = bench_train(&cfg, b, dtype, &device)?;
+            let p = &r.phases_ms;
+            println!(
+                "{} batch {} sub {:?} on {} ({} threads, {}): {:.1} img/s, {:.1} ms/step \
+                 [main fwd {:.1} bwd {:.1} | sub fwd {:.1} bwd {:.1} | optim {:.1}]",
+                r.model,
+                r.batch_size,
+                r.sub,
+                r.device,
+                r.threads,
+                r.dtype,
+                r.img_per_s,
+                r.ms_per_step,
+                p.main_forward,
+                p.main_backward,
+                p.sub_forward,
+                p.sub_backward,
+                p.optimizer
+            );
+            if let (Some(g), Some(gs)) = (r.step_gflop, r.achieved_gflop_per_s) {
+                println!("{g:.2} GFLOP per step, {gs:.1} GFLOP/s");
             }
-            Ok(())
-        })?;
-        let secs = t0.elapsed().as_secs_f64();
-        let n = per * threads;
-        let row = Row {
-            threads,
-            images: n,
-            seconds: secs,
-            img_per_s: n as f64 / secs,
-            decode_share: decode_total / (secs * threads as f64),
-        };
-        println!(
-            "{threads} thread(s): {:.1} img/s ({n} images, {secs:.2}s, decoding {:.0}% of thread time)",
-            row.img_per_s,
-            100.0 * row.decode_share
-        );
-        rows.push(row);
+            if let Some(m) = r.peak_rss_mib {
+                println!("peak RSS {m:.0} MiB");
+            }
+            emit(&r, &a.json)
+        }
+        BenchCommand::Forward(a) => {
+            let (cfg, b, dtype, device) = setup(&a)?;
+            let r = bench_forward(&cfg, b, dtype, &device)?;
+            println!(
+                "{} batch {} on {} ({} threads, {}): {:.1} img/s, {:.1} ms/batch{}",
+                r.model,
+                r.batch_size,
+                r.device,
+                r.threads,
+                r.dtype,
+                r.img_per_s,
+                r.ms_per_batch,
+                r.achieved_gflop_per_s
+                    .map(|g| format!(", {g:.1} GFLOP/s"))
+                    .unwrap_or_default()
+            );
+            emit(&r, &a.json)
+        }
     }
-    if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("{}: cannot write", p.display()))?;
-    }
-    Ok(())
 }

@@ -15,6 +15,10 @@ pub enum SubKind {
     None,
     /// MaskSub: a sub pass on the masked batch.
     Masking,
+    /// DropSub: a sub pass with dropout at the sub ratio.
+    Dropout,
+    /// PathSub: a sub pass with drop-path at the sub ratio.
+    Droppath,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -27,9 +31,12 @@ pub enum OptKind {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Start from this JSON config (e.g. a run's config.json) instead of the defaults.
-    #[arg(long)]
+    /// Start from this config file (a run's config.json, or a TOML recipe) instead of the defaults.
+    #[arg(long, conflicts_with = "recipe")]
     config: Option<PathBuf>,
+    /// Start from a shipped recipe (`masksub recipes` lists them); flags override its fields.
+    #[arg(long)]
+    recipe: Option<String>,
     /// IDX folder, WebDataset shards (folder, `train-{0000..0099}.tar`, `hf://datasets/o/n`) or
     /// an ImageFolder [default: the embedded Fashion-MNIST]
     #[arg(long)]
@@ -73,8 +80,9 @@ pub struct TrainArgs {
     /// Sub-model [default: masking]
     #[arg(long, value_enum)]
     sub: Option<SubKind>,
-    /// Share of patch tokens the sub pass drops [default: 0.5]
-    #[arg(long)]
+    /// The sub pass's rate: share of the input masked, or the dropout / drop-path rate
+    /// [default: 0.5]
+    #[arg(long, alias = "sub-ratio")]
     mask_ratio: Option<f64>,
     #[arg(long)]
     epochs: Option<usize>,
@@ -109,8 +117,11 @@ pub struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint (uses its config.json)
-    #[arg(long, conflicts_with_all = ["config", "out"])]
+    #[arg(long, conflicts_with_all = ["config", "recipe", "out"])]
     resume: Option<PathBuf>,
+    /// End this invocation after N more epochs (a time-boxed job); `--resume` continues it
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
     /// cpu, cuda[:N] or metal[:N]
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -216,19 +227,26 @@ impl TrainArgs {
         if self.train_subset.is_some() {
             cfg.train_subset = self.train_subset;
         }
-        let ratio = self.mask_ratio.or(match cfg.sub {
-            SubModel::Masking { ratio } => Some(ratio),
-            SubModel::None => None,
-        });
+        let ratio = self.mask_ratio.or(cfg.sub.ratio());
         cfg.sub = match (self.sub, ratio) {
             (Some(SubKind::None), Some(_)) if self.mask_ratio.is_some() => {
-                bail!("--mask-ratio needs --sub masking")
+                bail!("--mask-ratio needs a sub-model (--sub masking|dropout|droppath)")
             }
             (Some(SubKind::None), _) => SubModel::None,
-            (Some(SubKind::Masking), r) => SubModel::Masking {
-                ratio: r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO),
+            (Some(kind), r) => {
+                let ratio = r.unwrap_or(masksub_core::objective::DEFAULT_MASK_RATIO);
+                match kind {
+                    SubKind::Masking => SubModel::Masking { ratio },
+                    SubKind::Dropout => SubModel::Dropout { ratio },
+                    SubKind::Droppath => SubModel::DropPath { ratio },
+                    SubKind::None => SubModel::None,
+                }
+            }
+            (None, Some(r)) if self.mask_ratio.is_some() => match cfg.sub {
+                SubModel::None | SubModel::Masking { .. } => SubModel::Masking { ratio: r },
+                SubModel::Dropout { .. } => SubModel::Dropout { ratio: r },
+                SubModel::DropPath { .. } => SubModel::DropPath { ratio: r },
             },
-            (None, Some(r)) if self.mask_ratio.is_some() => SubModel::Masking { ratio: r },
             (None, _) => cfg.sub,
         };
         cfg.validate()?;
@@ -265,7 +283,7 @@ fn run_on(
     let (cfg, out, resume) = match &args.resume {
         Some(dir) => {
             if args.overrides_recipe() {
-                bail!("--resume continues {} with its saved config.json; only --epochs, --device and --threads may be given with it", dir.display());
+                bail!("--resume continues {} with its saved config.json; only --epochs, --stop-after-epochs, --device, --threads and --quiet may be given with it", dir.display());
             }
             let mut cfg = TrainConfig::load(&dir.join("config.json"))?;
             if let Some(e) = args.epochs {
@@ -275,9 +293,10 @@ fn run_on(
             (cfg, dir.clone(), true)
         }
         None => {
-            let base = match &args.config {
-                Some(p) => TrainConfig::load(p)?,
-                None => TrainConfig::default(),
+            let base = match (&args.config, &args.recipe) {
+                (Some(p), _) => masksub_cli::recipe::from_file(p)?,
+                (None, Some(name)) => masksub_cli::recipe::by_name(name)?,
+                (None, None) => TrainConfig::default(),
             };
             let out = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
@@ -293,6 +312,7 @@ fn run_on(
         resume,
         progress: !args.quiet,
         collective,
+        max_epochs_this_run: args.stop_after_epochs,
         ..RunOptions::new(out, device)
     };
     let summary = train(&cfg, opts)?;

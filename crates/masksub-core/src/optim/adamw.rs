@@ -81,17 +81,27 @@ impl Optimizer for AdamW {
                 let Some(grad) = grads.get(s.var.as_tensor()) else {
                     continue;
                 };
-                let p = s.var.as_tensor();
-                let p = if g.weight_decay > 0.0 {
-                    p.affine(1.0 - lr * g.weight_decay, 0.0)?
-                } else {
-                    p.clone()
+                let fused = super::fused_cpu::AdamStep {
+                    decay: 1.0 - lr * g.weight_decay,
+                    beta1: b1,
+                    beta2: b2,
+                    step_size,
+                    bc2_sqrt,
+                    eps: self.cfg.eps,
                 };
-                s.m = ((&s.m * b1)? + (grad * (1.0 - b1))?)?;
-                s.v = ((&s.v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
-                let denom = ((s.v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
-                let update = ((&s.m / denom)? * step_size)?;
-                s.var.set(&(p - update)?)?;
+                let (p, m, v) =
+                    match super::fused_cpu::adamw(s.var.as_tensor(), grad, &s.m, &s.v, fused)? {
+                        Some(pmv) => pmv,
+                        None => super::fused_cpu::adamw_composed(
+                            s.var.as_tensor(),
+                            grad,
+                            &s.m,
+                            &s.v,
+                            fused,
+                        )?,
+                    };
+                s.var.set(&p)?;
+                (s.m, s.v) = (m, v);
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! named tensors (`m.<param>`, `v.<param>`) so checkpoints can carry it.
 
 mod adamw;
+mod fused_cpu;
 mod lamb;
 
 pub use adamw::{AdamW, AdamWConfig};
