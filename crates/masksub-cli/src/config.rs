@@ -267,7 +267,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("mask_ratio"));
+            .contains("sub.ratio"));
         let bad = TrainConfig {
             lr: f64::NAN,
             ..Default::default()
