@@ -21,8 +21,14 @@ import statistics
 import sys
 import time
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+# The sub pass's token drop is the one the parity fixtures check masksub against.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "parity"))
+from make_fixtures import masked_forward  # noqa: E402
 
 
 def build(spec: dict) -> torch.nn.Module:
@@ -35,20 +41,6 @@ def build(spec: dict) -> torch.nn.Module:
 
     eps = arch.pop("layer_norm_eps")
     return VisionTransformer(norm_layer=partial(torch.nn.LayerNorm, eps=eps), **arch)
-
-
-def masked_forward(model, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """timm's forward with patch tokens dropped after the position embedding (cls kept)."""
-    x = model.patch_embed(x)
-    x = model._pos_embed(x)
-    p = model.num_prefix_tokens
-    prefix, patches = x[:, :p], x[:, p:]
-    idx = keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
-    x = torch.cat([prefix, torch.gather(patches, 1, idx)], dim=1)
-    x = model.norm_pre(x)
-    x = model.blocks(x)
-    x = model.norm(x)
-    return model.forward_head(x)
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -475,6 +475,8 @@ def main() -> int:
         print(f"  max|ce_clip.param_after - ce.param_after| = {stats['clip_vs_noclip_param_after']:.3e}")
         print(f"  float64 re-run vs fixture (max abs diff): {json.dumps(stats['float64_vs_float32'])}")
     print(f"total: {total} bytes ({total / 1024:.1f} KiB); torch {torch.__version__}, timm {timm.__version__}")
+    import fixtures_swin  # Swin fixtures (own file; shares this file's serializer and settings)
+    fixtures_swin.main()
     return 0
 
 

@@ -55,6 +55,15 @@ fn field(v: &serde_json::Value, k: &str) -> Result<f64> {
         .with_context(|| format!("bench report has no `{k}`"))
 }
 
+/// The flags both sides take: threads, steps, warm-up, where to write the JSON report.
+fn timing_args<'c>(c: &'c mut Command, a: &Args, json_out: &Path) -> &'c mut Command {
+    c.args(["--threads", &a.threads.to_string()])
+        .args(["--steps", &a.steps.to_string()])
+        .args(["--warmup", &a.warmup.to_string()])
+        .arg("--json")
+        .arg(json_out)
+}
+
 fn run_ok(c: &mut Command, what: &str) -> Result<()> {
     let o = c.output().with_context(|| format!("cannot start {what}"))?;
     if !o.status.success() {
@@ -96,37 +105,20 @@ pub fn run(a: Args) -> Result<()> {
             let (mut ours, mut theirs) = (Arm::default(), Arm::default());
             for r in 0..a.rounds {
                 let report = tmp.join(format!("{model}-{batch}-{sub}-{r}.json"));
+                let mut ours_cmd = Command::new(&bin);
+                ours_cmd
+                    .args(["bench", "train", "--model", model, "--sub", sub])
+                    .args(["--batch-size", &batch.to_string()]);
                 run_ok(
-                    Command::new(&bin)
-                        .args(["bench", "train", "--model", model, "--sub", sub])
-                        .args(["--batch-size", &batch.to_string()])
-                        .args(["--threads", &a.threads.to_string()])
-                        .args([
-                            "--steps",
-                            &a.steps.to_string(),
-                            "--warmup",
-                            &a.warmup.to_string(),
-                        ])
-                        .arg("--json")
-                        .arg(&report),
+                    timing_args(&mut ours_cmd, &a, &report),
                     "masksub bench train",
                 )?;
                 let m = json(&report)?;
                 let torch_report = tmp.join(format!("{model}-{batch}-{sub}-{r}.torch.json"));
+                let mut torch_cmd = Command::new(&a.python);
+                torch_cmd.arg(&script).arg("--masksub-report").arg(&report);
                 run_ok(
-                    Command::new(&a.python)
-                        .arg(&script)
-                        .arg("--masksub-report")
-                        .arg(&report)
-                        .args(["--threads", &a.threads.to_string()])
-                        .args([
-                            "--steps",
-                            &a.steps.to_string(),
-                            "--warmup",
-                            &a.warmup.to_string(),
-                        ])
-                        .arg("--json")
-                        .arg(&torch_report),
+                    timing_args(&mut torch_cmd, &a, &torch_report),
                     "bench/pytorch_step.py",
                 )?;
                 let t = json(&torch_report)?;

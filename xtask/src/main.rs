@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_data;
 mod common;
+mod reproduce;
 mod scaling;
 mod sub_cost;
 
@@ -30,13 +31,24 @@ enum Command {
     /// Time masksub's training step against PyTorch eager + timm (same model, recipe, threads)
     /// and write the "Training speed" section of BENCHMARKS.md (needs torch + timm).
     Bench(bench::Args),
+    /// Run the paper's comparison (baseline vs MaskSub per recipe, several seeds) and write
+    /// reproduce/<date>/results.md with plots; resume-safe.
+    Reproduce(reproduce::Args),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::SubCost(a) => sub_cost::run(a),
         Command::BenchData(a) => bench_data::run_bench(a),
         Command::Scaling(a) => scaling::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }

@@ -49,11 +49,30 @@ fn run_arm(bin: &Path, a: &Args, sub: &str, out: &Path) -> Result<f64> {
     summary_f64(&read_summary(out)?, "train_img_per_s")
 }
 
+/// The default model keeps the original section name; every other model gets its own section,
+/// so measuring one family never erases another's.
+fn section_name(model: &str) -> String {
+    if model == "vit_fmnist_small" {
+        "sub-cost".into()
+    } else {
+        format!("sub-cost {model}")
+    }
+}
+
+/// 1-minute load average (Linux), so a section says whether the machine was shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub fn run(a: Args) -> Result<()> {
     if a.rounds == 0 {
         bail!("--rounds must be positive");
     }
     let bin = build_masksub(&[])?;
+    let load_before = load_average();
     let tmp = scratch_dir("sub-cost")?;
     let (mut plain, mut masked) = (Vec::new(), Vec::new());
     for r in 0..a.rounds {
@@ -74,11 +93,13 @@ pub fn run(a: Args) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let (mp, mm) = (median(&plain), median(&masked));
     let body = format!(
-        "## MaskSub step cost (`cargo xtask sub-cost`)\n\n\
+        "## MaskSub step cost: {} (`cargo xtask sub-cost --model {}`)\n\n\
          Training throughput of the same model on the same real Fashion-MNIST images, one epoch of {} images per run, batch {}, {} threads, \
          {} alternating rounds, medians. Cost = plain img/s / MaskSub img/s (time of a MaskSub step relative to a plain one).\n\n\
          | model | plain img/s | MaskSub (r=0.5) img/s | cost |\n|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.2}x |\n\n\
-         Per round (plain / MaskSub): {}\n\n{}",
+         Per round (plain / MaskSub): {}\n\nLoad average {} before / {} after. {}",
+        a.model,
+        a.model,
         a.images,
         a.batch_size,
         a.threads,
@@ -88,9 +109,11 @@ pub fn run(a: Args) -> Result<()> {
         mm,
         mp / mm,
         plain.iter().zip(&masked).map(|(p, m)| format!("{p:.1} / {m:.1}")).collect::<Vec<_>>().join(", "),
+        load_before,
+        load_average(),
         machine_line(),
     );
-    let path = write_section(&a.file, "sub-cost", &body)?;
+    let path = write_section(&a.file, &section_name(&a.model), &body)?;
     println!(
         "plain {mp:.1} img/s, MaskSub {mm:.1} img/s, cost {:.2}x -> {}",
         mp / mm,

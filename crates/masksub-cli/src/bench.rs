@@ -33,47 +33,83 @@ pub struct PhaseMs {
     pub optimizer: f64,
 }
 
+/// What every bench report says, whatever it measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrainBenchReport {
+pub struct BenchRun {
+    /// "train" or "forward".
     pub kind: &'static str,
     pub model: String,
-    pub spec: ModelSpec,
-    /// The recipe the step ran (optimizer, loss, smoothing, clipping), so a reference
-    /// implementation can run the same step.
-    pub recipe: TrainConfig,
     pub params: usize,
-    pub sub: SubModel,
     pub batch_size: usize,
     pub steps: usize,
     pub threads: usize,
     pub device: String,
     pub dtype: String,
     pub img_per_s: f64,
-    /// Median step time.
-    pub ms_per_step: f64,
-    pub phases_ms: PhaseMs,
-    /// Training FLOPs of one step: 3x the forward FLOPs (forward + backward) of the main pass
-    /// and, with MaskSub, of the sub pass, for the whole batch.
-    pub step_gflop: Option<f64>,
     pub achieved_gflop_per_s: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainBenchReport {
+    #[serde(flatten)]
+    pub run: BenchRun,
+    pub spec: ModelSpec,
+    /// The recipe the step ran (optimizer, loss, smoothing, clipping), so a reference
+    /// implementation can run the same step.
+    pub recipe: TrainConfig,
+    pub sub: SubModel,
+    /// Median step time.
+    pub ms_per_step: f64,
+    pub phases_ms: PhaseMs,
+    /// Training FLOPs of one step: 3x the forward FLOPs (forward + backward) of the main pass
+    /// and, with MaskSub, of the sub pass, for the whole batch.
+    pub step_gflop: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ForwardBenchReport {
-    pub kind: &'static str,
-    pub model: String,
-    pub params: usize,
-    pub batch_size: usize,
-    pub steps: usize,
-    pub threads: usize,
-    pub device: String,
-    pub dtype: String,
-    pub img_per_s: f64,
+    #[serde(flatten)]
+    pub run: BenchRun,
     pub ms_per_batch: f64,
-    pub achieved_gflop_per_s: Option<f64>,
-    pub peak_rss_mib: Option<f64>,
+}
+
+impl BenchRun {
+    fn new(
+        kind: &'static str,
+        cfg: &TrainConfig,
+        model: &masksub_models::LoadedModel,
+        b: &BenchSettings,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        BenchRun {
+            kind,
+            model: cfg.model.clone(),
+            params: model
+                .named_parameters()
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum(),
+            batch_size: b.batch_size,
+            steps: b.steps,
+            threads: rayon::current_num_threads(),
+            device: device_name(device),
+            dtype: format!("{dtype:?}").to_lowercase(),
+            img_per_s: f64::NAN,
+            achieved_gflop_per_s: None,
+            peak_rss_mib: None,
+        }
+    }
+
+    /// Fill in the throughput of `seconds` per batch of `gflop` and the peak memory so far.
+    fn timed(mut self, seconds: f64, gflop: Option<f64>) -> Self {
+        self.img_per_s = self.batch_size as f64 / seconds;
+        self.achieved_gflop_per_s = gflop.map(|g| g / seconds);
+        self.peak_rss_mib = peak_rss_mib();
+        self
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -185,22 +221,11 @@ pub fn bench_train(
         Some(3.0 * (plain + sub) * b.batch_size as f64 / 1e9)
     });
     Ok(TrainBenchReport {
-        kind: "train",
-        model: cfg.model.clone(),
-        params: model
-            .named_parameters()
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum(),
+        run: BenchRun::new("train", cfg, &model, &b, dtype, device)
+            .timed(ms_per_step / 1e3, step_gflop),
         spec,
         recipe: cfg.clone(),
         sub: cfg.sub,
-        batch_size: b.batch_size,
-        steps: b.steps,
-        threads: rayon::current_num_threads(),
-        device: device_name(device),
-        dtype: format!("{dtype:?}").to_lowercase(),
-        img_per_s: b.batch_size as f64 / (ms_per_step / 1e3),
         ms_per_step,
         phases_ms: PhaseMs {
             main_forward: med(|t| t.main_forward),
@@ -209,9 +234,7 @@ pub fn bench_train(
             sub_backward: med(|t| t.sub_backward),
             optimizer: med(|t| t.optimizer),
         },
-        achieved_gflop_per_s: step_gflop.map(|g| g / (ms_per_step / 1e3)),
         step_gflop,
-        peak_rss_mib: peak_rss_mib(),
     })
 }
 
@@ -243,22 +266,8 @@ pub fn bench_forward(
         .forward_flops(None)
         .map(|f| f * b.batch_size as f64 / 1e9);
     Ok(ForwardBenchReport {
-        kind: "forward",
-        model: cfg.model.clone(),
-        params: model
-            .named_parameters()
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum(),
-        batch_size: b.batch_size,
-        steps: b.steps,
-        threads: rayon::current_num_threads(),
-        device: device_name(device),
-        dtype: format!("{dtype:?}").to_lowercase(),
-        img_per_s: b.batch_size as f64 / (ms / 1e3),
+        run: BenchRun::new("forward", cfg, &model, &b, dtype, device).timed(ms / 1e3, gflop),
         ms_per_batch: ms,
-        achieved_gflop_per_s: gflop.map(|g| g / (ms / 1e3)),
-        peak_rss_mib: peak_rss_mib(),
     })
 }
 
@@ -300,7 +309,7 @@ mod tests {
         let want =
             3.0 * 8.0 * (cfg.forward_flops(None).unwrap() + cfg.forward_flops(Some(0.5)).unwrap());
         assert!((r.step_gflop.unwrap() * 1e9 - want).abs() < 1.0);
-        assert!(r.img_per_s > 0.0 && r.peak_rss_mib.unwrap() > 1.0);
+        assert!(r.run.img_per_s > 0.0 && r.run.peak_rss_mib.unwrap() > 1.0);
 
         let plain = TrainConfig {
             sub: SubModel::None,
@@ -322,7 +331,7 @@ mod tests {
             steps: 2,
         };
         let r = bench_forward(&tiny(), b, DType::F32, &Device::Cpu).unwrap();
-        assert!((r.img_per_s - 4.0 / (r.ms_per_batch / 1e3)).abs() < 1e-6);
+        assert!((r.run.img_per_s - 4.0 / (r.ms_per_batch / 1e3)).abs() < 1e-6);
         let e = bench_train(
             &tiny(),
             BenchSettings { steps: 0, ..b },

@@ -22,6 +22,11 @@ pub trait ImageClassifier: Send + Sync {
     fn mask_kind(&self) -> MaskKind;
     /// Parameter names exempt from weight decay besides all 1-D parameters.
     fn no_weight_decay(&self) -> Vec<&'static str>;
+    /// Substrings of parameter names exempt from weight decay (timm's Swin: every
+    /// `relative_position_bias_table`).
+    fn no_weight_decay_keywords(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
     /// Layer id of a parameter for layer-wise lr decay, in 0..=num_layers().
     fn layer_id(&self, name: &str) -> usize;
     fn num_layers(&self) -> usize;
@@ -109,9 +114,16 @@ impl LoadedModel {
         sorted_vars(&self.varmap)
     }
 
-    /// Whether `name` (of a parameter of rank `rank`) is decayed: not 1-D, not in no_weight_decay.
+    /// Whether `name` (of a parameter of rank `rank`) is decayed: not 1-D, not in no_weight_decay,
+    /// no no_weight_decay keyword in its name.
     pub fn decays(&self, name: &str, rank: usize) -> bool {
-        rank > 1 && !self.net.no_weight_decay().contains(&name)
+        rank > 1
+            && !self.net.no_weight_decay().contains(&name)
+            && !self
+                .net
+                .no_weight_decay_keywords()
+                .iter()
+                .any(|k| name.contains(k))
     }
 
     /// Non-trainable state (BatchNorm statistics), sorted by name (the same order on every

@@ -4,7 +4,7 @@
 use crate::arch::ArchConfig;
 use crate::init::SeededInit;
 use crate::model::LoadedModel;
-use crate::{ModelError, Result, VitConfig};
+use crate::{ModelError, Result, SwinConfig, VitConfig};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum ModelArch {
     Vit(VitConfig),
+    Swin(SwinConfig),
 }
 
 impl ModelArch {
@@ -28,11 +29,13 @@ impl ModelArch {
     pub fn config(&self) -> &dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Swin(c) => c,
         }
     }
     pub fn config_mut(&mut self) -> &mut dyn ArchConfig {
         match self {
             ModelArch::Vit(c) => c,
+            ModelArch::Swin(c) => c,
         }
     }
 }
@@ -54,6 +57,16 @@ fn vit(name: &str, cfg: VitConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> 
     ModelSpec {
         name: name.into(),
         arch: ModelArch::Vit(cfg),
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        crop_pct,
+    }
+}
+
+fn swin(name: &str, cfg: SwinConfig, mean: &[f32], std: &[f32], crop_pct: f64) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        arch: ModelArch::Swin(cfg),
         mean: mean.to_vec(),
         std: std.to_vec(),
         crop_pct,
@@ -110,6 +123,42 @@ const REGISTRY: &[Entry] = &[
         vit(
             "vit_base_patch16_224.mae",
             VitConfig::vit_base_patch16_224_mae(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            0.9,
+        )
+    }),
+    ("swin_fmnist_small", || {
+        swin(
+            "swin_fmnist_small",
+            SwinConfig::swin_fmnist_small(),
+            &FASHION_MNIST_MEAN,
+            &FASHION_MNIST_STD,
+            1.0,
+        )
+    }),
+    ("swin_tiny_patch4_window7_224", || {
+        swin(
+            "swin_tiny_patch4_window7_224",
+            SwinConfig::swin_tiny_patch4_window7_224(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            0.9,
+        )
+    }),
+    ("swin_small_patch4_window7_224", || {
+        swin(
+            "swin_small_patch4_window7_224",
+            SwinConfig::swin_small_patch4_window7_224(),
+            &IMAGENET_MEAN,
+            &IMAGENET_STD,
+            0.9,
+        )
+    }),
+    ("swin_base_patch4_window7_224", || {
+        swin(
+            "swin_base_patch4_window7_224",
+            SwinConfig::swin_base_patch4_window7_224(),
             &IMAGENET_MEAN,
             &IMAGENET_STD,
             0.9,
@@ -222,7 +271,9 @@ mod tests {
             .unwrap()
             .with_kwargs(&kw(r#"{"global_pool": "avg", "depth": 2}"#))
             .unwrap();
-        let ModelArch::Vit(c) = &s.arch;
+        let ModelArch::Vit(c) = &s.arch else {
+            panic!("vit_fmnist_small is a ViT")
+        };
         assert_eq!(
             (c.global_pool, c.depth, c.embed_dim),
             (

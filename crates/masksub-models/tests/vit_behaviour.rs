@@ -16,6 +16,7 @@ const B: usize = 4;
 fn vit_cfg(spec: &ModelSpec) -> &VitConfig {
     match &spec.arch {
         ModelArch::Vit(c) => c,
+        other => panic!("{} is not a ViT: {other:?}", spec.name),
     }
 }
 
@@ -38,6 +39,7 @@ fn mae_like() -> ModelSpec {
             c.init_values = None;
             c.global_pool = GlobalPool::Avg;
         }
+        other => panic!("not a ViT: {other:?}"),
     }
     spec
 }

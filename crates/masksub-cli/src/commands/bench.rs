@@ -120,13 +120,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             println!(
                 "{} batch {} sub {:?} on {} ({} threads, {}): {:.1} img/s, {:.1} ms/step \
                  [main fwd {:.1} bwd {:.1} | sub fwd {:.1} bwd {:.1} | optim {:.1}]",
-                r.model,
-                r.batch_size,
+                r.run.model,
+                r.run.batch_size,
                 r.sub,
-                r.device,
-                r.threads,
-                r.dtype,
-                r.img_per_s,
+                r.run.device,
+                r.run.threads,
+                r.run.dtype,
+                r.run.img_per_s,
                 r.ms_per_step,
                 p.main_forward,
                 p.main_backward,
@@ -134,10 +134,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 p.sub_backward,
                 p.optimizer
             );
-            if let (Some(g), Some(gs)) = (r.step_gflop, r.achieved_gflop_per_s) {
+            if let (Some(g), Some(gs)) = (r.step_gflop, r.run.achieved_gflop_per_s) {
                 println!("{g:.2} GFLOP per step, {gs:.1} GFLOP/s");
             }
-            if let Some(m) = r.peak_rss_mib {
+            if let Some(m) = r.run.peak_rss_mib {
                 println!("peak RSS {m:.0} MiB");
             }
             emit(&r, &a.json)
@@ -147,14 +147,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             let r = bench_forward(&cfg, b, dtype, &device)?;
             println!(
                 "{} batch {} on {} ({} threads, {}): {:.1} img/s, {:.1} ms/batch{}",
-                r.model,
-                r.batch_size,
-                r.device,
-                r.threads,
-                r.dtype,
-                r.img_per_s,
+                r.run.model,
+                r.run.batch_size,
+                r.run.device,
+                r.run.threads,
+                r.run.dtype,
+                r.run.img_per_s,
                 r.ms_per_batch,
-                r.achieved_gflop_per_s
+                r.run
+                    .achieved_gflop_per_s
                     .map(|g| format!(", {g:.1} GFLOP/s"))
                     .unwrap_or_default()
             );

@@ -5,14 +5,18 @@
 //! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
 //! primitives, which autograd differentiates.
 
+mod attention;
 mod fast_math;
 mod gelu;
 mod layer_norm;
+mod permute_tokens;
 mod rowwise;
 mod softmax;
 
+pub use attention::window_attention;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use permute_tokens::TokenPermutation;
 pub use rowwise::{add_rows, mul_rows};
 pub use softmax::{softmax_last_dim, softmax_scaled};
 

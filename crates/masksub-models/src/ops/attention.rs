@@ -1,0 +1,394 @@
+//! Fused attention with an additive bias for many small windows (Swin):
+//! out = softmax(scale * q k^T + bias) v, per window and head, straight from the qkv projection.
+//!
+//! Swin runs B * num_windows * heads tiny attentions (49 x 49); as separate candle ops that is
+//! thousands of small GEMM calls and several passes over the N x N scores. Here one task per
+//! window keeps S (N x N) in cache, reads q/k/v from the (BW, N, 3C) qkv rows directly and writes
+//! (BW, N, C) as the projection takes it (no permute copies). The backward recomputes the
+//! softmax (flash-style: the scores are never stored) and returns d_qkv and d_bias; d_bias is
+//! summed over windows in fixed chunks, so it is bitwise reproducible.
+
+use super::fast_math::exp;
+use super::{f32_slice, use_fused};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Windows per partial d_bias sum (fixed: the summation order never depends on threads).
+const WINDOWS_PER_PARTIAL: usize = 8;
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    /// windows in the batch (B * nW)
+    bw: usize,
+    /// tokens per window
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    /// bias groups: bias[bw % groups]
+    groups: usize,
+}
+
+impl Dims {
+    fn c(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+struct AttnFwd {
+    d: Dims,
+    scale: f32,
+}
+struct AttnBwd {
+    d: Dims,
+    scale: f32,
+}
+
+/// Dot product with 8 independent accumulators, so it vectorizes (a plain f32 sum is serial).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum with 8 independent accumulators (vectorizes).
+#[inline(always)]
+fn lane_sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = a.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for x in c {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major).
+fn probs(d: &Dims, scale: f32, qkv: &[f32], bias: &[f32], w: usize, h: usize, p: &mut [f32]) {
+    let (n, hd, c) = (d.n, d.head_dim, d.c());
+    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+    let g = w % d.groups;
+    let bias = &bias[(g * d.heads + h) * n * n..(g * d.heads + h + 1) * n * n];
+    for i in 0..n {
+        let q = &rows[i * 3 * c + h * hd..][..hd];
+        let pi = &mut p[i * n..(i + 1) * n];
+        let mut max = f32::NEG_INFINITY;
+        for (j, pij) in pi.iter_mut().enumerate() {
+            let k = &rows[j * 3 * c + c + h * hd..][..hd];
+            *pij = scale * dot(q, k) + bias[i * n + j];
+            max = max.max(*pij);
+        }
+        // exp in its own loop and the sum with lane accumulators: both vectorize.
+        pi.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inv = 1.0 / lane_sum(pi);
+        pi.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+fn check(d: &Dims, qkv: &Layout, bias: &Layout) -> Result<()> {
+    let (bw, n, c3) = qkv.shape().dims3()?;
+    let want = [d.groups, d.heads, d.n, d.n];
+    if (bw, n, c3) != (d.bw, d.n, 3 * d.c()) || bias.shape().dims() != want {
+        bail!(
+            "window attention: qkv {:?} / bias {:?} do not fit {d:?}",
+            qkv.shape(),
+            bias.shape()
+        );
+    }
+    Ok(())
+}
+
+impl CustomOp2 for AttnFwd {
+    fn name(&self) -> &'static str {
+        "window-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.d;
+        check(&d, l1, l2)?;
+        let (qkv, bias) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        let (n, hd, c) = (d.n, d.head_dim, d.c());
+        let mut out = vec![0f32; d.bw * n * c];
+        out.par_chunks_mut(n * c).enumerate().for_each_init(
+            || vec![0f32; n * n],
+            |p, (w, o)| {
+                let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+                for h in 0..d.heads {
+                    probs(&d, self.scale, qkv, bias, w, h, p);
+                    for i in 0..n {
+                        let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
+                        for j in 0..n {
+                            let v = &rows[j * 3 * c + 2 * c + h * hd..][..hd];
+                            axpy(oi, p[i * n + j], v);
+                        }
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((d.bw, n, c))))
+    }
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = qkv.detach().apply_op3_no_bwd(
+            &bias.detach(),
+            &g.detach().contiguous()?,
+            &AttnBwd {
+                d: self.d,
+                scale: self.scale,
+            },
+        )?;
+        let n1 = qkv.elem_count();
+        let dqkv = both.narrow(0, 0, n1)?.reshape(qkv.shape())?;
+        let dbias = both
+            .narrow(0, n1, bias.elem_count())?
+            .reshape(bias.shape())?;
+        Ok((Some(dqkv), Some(dbias)))
+    }
+}
+
+impl CustomOp3 for AttnBwd {
+    fn name(&self) -> &'static str {
+        "window-attention-bwd"
+    }
+    /// Returns d_qkv and d_bias flattened one after the other.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.d;
+        check(&d, l1, l2)?;
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let bias = f32_slice(s2, l2, self.name())?;
+        let grad = f32_slice(s3, l3, self.name())?;
+        let (n, hd, c) = (d.n, d.head_dim, d.c());
+        let nb = bias.len();
+        let mut dqkv = vec![0f32; qkv.len()];
+        let scale = self.scale;
+        let partials: Vec<Vec<f32>> = dqkv
+            .par_chunks_mut(WINDOWS_PER_PARTIAL * n * 3 * c)
+            .enumerate()
+            .map(|(chunk, dq_chunk)| {
+                let mut dbias = vec![0f32; nb];
+                let mut p = vec![0f32; n * n];
+                let mut ds = vec![0f32; n * n];
+                for (k, dq) in dq_chunk.chunks_mut(n * 3 * c).enumerate() {
+                    let w = chunk * WINDOWS_PER_PARTIAL + k;
+                    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+                    let go = &grad[w * n * c..(w + 1) * n * c];
+                    let gi = w % d.groups;
+                    for h in 0..d.heads {
+                        probs(&d, scale, qkv, bias, w, h, &mut p);
+                        let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
+                        // dP = dO v^T; dV += P^T dO; dS = P * (dP - rowsum(dP * P)).
+                        for i in 0..n {
+                            let doi = &go[i * c + h * hd..][..hd];
+                            let mut rowdot = 0f32;
+                            for j in 0..n {
+                                let v = &rows[j * 3 * c + vo..][..hd];
+                                let dp = dot(doi, v);
+                                ds[i * n + j] = dp;
+                                rowdot += dp * p[i * n + j];
+                                axpy(&mut dq[j * 3 * c + vo..][..hd], p[i * n + j], doi);
+                            }
+                            for j in 0..n {
+                                ds[i * n + j] = p[i * n + j] * (ds[i * n + j] - rowdot);
+                            }
+                        }
+                        let db = &mut dbias[(gi * d.heads + h) * n * n..][..n * n];
+                        db.iter_mut().zip(&ds).for_each(|(a, b)| *a += b);
+                        // dQ = scale dS K; dK = scale dS^T Q.
+                        for i in 0..n {
+                            for j in 0..n {
+                                let s = scale * ds[i * n + j];
+                                let k = &rows[j * 3 * c + ko..][..hd];
+                                axpy(&mut dq[i * 3 * c + qo..][..hd], s, k);
+                                let q = &rows[i * 3 * c + qo..][..hd];
+                                axpy(&mut dq[j * 3 * c + ko..][..hd], s, q);
+                            }
+                        }
+                    }
+                }
+                dbias
+            })
+            .collect();
+        let mut out = dqkv;
+        let mut dbias = vec![0f32; nb];
+        for part in partials {
+            dbias.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        out.extend_from_slice(&dbias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// softmax(scale * q k^T + bias) v for `qkv` (BW, N, 3C) laid out [q | k | v], each split into
+/// `heads` heads (timm's qkv Linear output), and `bias` (G, heads, N, N) added to window w's
+/// scores as bias[w % G]. Returns (BW, N, C), heads concatenated. Differentiable in both inputs.
+pub fn window_attention(qkv: &Tensor, bias: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (bw, n, c3) = qkv.dims3()?;
+    let (groups, bh, bn, bn2) = bias.dims4()?;
+    if c3 % (3 * heads.max(1)) != 0 || bh != heads || bn != n || bn2 != n || bw % groups != 0 {
+        bail!(
+            "window attention: qkv {:?}, bias {:?}, {heads} heads do not fit",
+            qkv.dims(),
+            bias.dims()
+        );
+    }
+    let c = c3 / 3;
+    let d = Dims {
+        bw,
+        n,
+        heads,
+        head_dim: c / heads,
+        groups,
+    };
+    if use_fused(qkv) && bias.dtype() == qkv.dtype() {
+        return qkv.contiguous()?.apply_op2(
+            &bias.contiguous()?,
+            AttnFwd {
+                d,
+                scale: scale as f32,
+            },
+        );
+    }
+    // Composed fallback (other devices / dtypes).
+    let qkv = qkv
+        .reshape((bw, n, 3, heads, d.head_dim))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let s = (q.matmul(&k.t()?)? * scale)?
+        .reshape((bw / groups, groups, heads, n, n))?
+        .broadcast_add(bias)?
+        .reshape((bw, heads, n, n))?;
+    let max = s.max_keepdim(D::Minus1)?;
+    let e = s.broadcast_sub(&max)?.exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::*;
+    use candle_core::Var;
+
+    fn composed(qkv: &Tensor, bias: &Tensor, heads: usize, scale: f64) -> Tensor {
+        let (bw, n, c3) = qkv.dims3().unwrap();
+        let (g, ..) = bias.dims4().unwrap();
+        let hd = c3 / 3 / heads;
+        let t = qkv
+            .reshape((bw, n, 3, heads, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let q = t.get(0).unwrap().contiguous().unwrap();
+        let k = t.get(1).unwrap().contiguous().unwrap();
+        let v = t.get(2).unwrap().contiguous().unwrap();
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .reshape((bw / g, g, heads, n, n))
+            .unwrap()
+            .broadcast_add(bias)
+            .unwrap()
+            .reshape((bw, heads, n, n))
+            .unwrap();
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((bw, n, c3 / 3))
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_composed_attention_values_and_gradients() {
+        // 20 windows (more than one partial chunk), 2 bias groups, 3 heads of 4, 5 tokens.
+        let (bw, n, heads, hd, g) = (20, 5, 3, 4, 2);
+        let qkv0 = randn(&[bw, n, 3 * heads * hd], 1);
+        let bias0 = randn(&[g, heads, n, n], 2);
+        let w = randn(&[bw, n, heads * hd], 3);
+        let run = |fused: bool| {
+            let (qkv, bias) = (
+                Var::from_tensor(&qkv0).unwrap(),
+                Var::from_tensor(&bias0).unwrap(),
+            );
+            let y = if fused {
+                window_attention(qkv.as_tensor(), bias.as_tensor(), heads, 0.5).unwrap()
+            } else {
+                composed(qkv.as_tensor(), bias.as_tensor(), heads, 0.5)
+            };
+            let gs = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                y,
+                gs.get(qkv.as_tensor()).unwrap().clone(),
+                gs.get(bias.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(
+            max_abs_diff(&a.0, &b.0) < 1e-5,
+            "out {}",
+            max_abs_diff(&a.0, &b.0)
+        );
+        assert!(
+            max_abs_diff(&a.1, &b.1) < 1e-4,
+            "dqkv {}",
+            max_abs_diff(&a.1, &b.1)
+        );
+        assert!(
+            max_abs_diff(&a.2, &b.2) < 1e-4,
+            "dbias {}",
+            max_abs_diff(&a.2, &b.2)
+        );
+        // Gradients are not trivially zero.
+        assert!(max_abs_diff(&a.2, &a.2.zeros_like().unwrap()) > 1e-2);
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes() {
+        let qkv = randn(&[4, 5, 24], 1);
+        assert!(window_attention(&qkv, &randn(&[3, 2, 5, 5], 2), 2, 1.0).is_err());
+        assert!(window_attention(&qkv, &randn(&[2, 2, 4, 4], 2), 2, 1.0).is_err());
+        assert!(window_attention(&qkv, &randn(&[2, 3, 5, 5], 2), 2, 1.0).is_err());
+    }
+}
