@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_data;
 mod common;
 mod reproduce;
 mod scaling;
@@ -21,6 +22,9 @@ enum Command {
     /// Measure training img/s of plain vs MaskSub steps (same model, same data) and write the
     /// "MaskSub step cost" section of BENCHMARKS.md.
     SubCost(sub_cost::Args),
+    /// Data pipeline img/s of masksub vs PIL + torchvision on the same JPEGs; writes the
+    /// "Data pipeline" section of BENCHMARKS.md.
+    BenchData(bench_data::Args),
     /// Measure data-parallel img/s at 1 and 2 MPI ranks and the all-reduce share of a step,
     /// and write the "Data-parallel scaling" section of BENCHMARKS.md (needs Open MPI).
     Scaling(scaling::Args),
@@ -35,6 +39,7 @@ enum Command {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::SubCost(a) => sub_cost::run(a),
+        Command::BenchData(a) => bench_data::run_bench(a),
         Command::Scaling(a) => scaling::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Reproduce(a) => reproduce::run(a),

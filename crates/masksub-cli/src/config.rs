@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use masksub_core::{LossKind, OptimizerKind, SubModel};
-use masksub_data::AugmentConfig;
+use masksub_data::{AugmentConfig, ImageAugConfig, MixupConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -21,8 +21,15 @@ pub struct TrainConfig {
     /// Architecture overrides by field name, like timm's `--model-kwargs`
     /// (e.g. `{"depth": 6, "global_pool": "avg"}`).
     pub model_kwargs: serde_json::Map<String, serde_json::Value>,
-    /// Folder with IDX files (train-images-idx3-ubyte[.gz], ...).
+    /// The data: a folder with IDX files (train-images-idx3-ubyte[.gz], ...), WebDataset
+    /// shards (folder, `train-{0000..0099}.tar` pattern, `.tar` file, `hf://datasets/o/n`) or
+    /// an ImageFolder (class folders).
     pub data: PathBuf,
+    /// Shard / ImageFolder split names for training and evaluation.
+    pub train_split: String,
+    pub val_split: String,
+    /// Classes of streamed data when neither `_info.json` nor the labels tell.
+    pub num_classes: Option<usize>,
     /// Use only the first N training images (quick runs); None = all.
     pub train_subset: Option<usize>,
     /// Sub-model: `{"kind": "none"}` or `{"kind": "masking", "ratio": 0.5}`.
@@ -52,6 +59,19 @@ pub struct TrainConfig {
     pub drop_path: Option<f64>,
     /// Training augmentation (`{"random_crop_padding": 2, "hflip": true}` adds random crops).
     pub augment: AugmentConfig,
+    /// Photo augmentation for shards / ImageFolder (RRC, flip, 3-Augment, RandAugment, erasing,
+    /// eval crop_pct); `img_size` is taken from the model.
+    pub image_aug: ImageAugConfig,
+    /// Mixup / CutMix of streamed batches (timm semantics); `None` = off.
+    pub mixup: Option<MixupConfig>,
+    /// Repeated augmentation: copies of each streamed sample per epoch window (1 = off).
+    pub repeats: usize,
+    /// Decode/augment threads per rank for streamed data.
+    pub workers: usize,
+    /// Per-worker sample shuffle buffer for streamed data.
+    pub shuffle_buffer: usize,
+    /// A corrupt sample is an error naming shard and key, instead of skipped and counted.
+    pub strict_data: bool,
     pub seed: u64,
     pub eval_batch_size: usize,
     /// Write a step row to metrics.jsonl every N optimizer steps.
@@ -85,6 +105,9 @@ impl Default for TrainConfig {
             model: "vit_fmnist_small".into(),
             model_kwargs: serde_json::Map::new(),
             data: default_data_dir(),
+            train_split: "train".into(),
+            val_split: "validation".into(),
+            num_classes: None,
             train_subset: None,
             sub: SubModel::Masking {
                 ratio: masksub_core::objective::DEFAULT_MASK_RATIO,
@@ -110,6 +133,12 @@ impl Default for TrainConfig {
                 random_crop_padding: 0,
                 hflip: true,
             },
+            image_aug: ImageAugConfig::default(),
+            mixup: None,
+            repeats: 1,
+            workers: 2,
+            shuffle_buffer: 1024,
+            strict_data: false,
             seed: 0,
             eval_batch_size: 500,
             log_every: 20,
@@ -134,6 +163,27 @@ impl TrainConfig {
         pos("batch_size", self.batch_size)?;
         pos("eval_batch_size", self.eval_batch_size)?;
         pos("log_every", self.log_every)?;
+        pos("repeats", self.repeats)?;
+        pos("workers", self.workers)?;
+        if let Some(n) = self.num_classes {
+            pos("num_classes", n)?;
+        }
+        if let Err(e) = self.image_aug.validate() {
+            bail!("invalid config: `image_aug`: {e}");
+        }
+        if let Some(m) = &self.mixup {
+            for (f, v) in [("mixup.prob", m.prob), ("mixup.switch_prob", m.switch_prob)] {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("invalid config: `{f}` = {v} is not in [0, 1]");
+                }
+            }
+            if !(0.0..1.0).contains(&m.label_smoothing)
+                || m.mixup_alpha < 0.0
+                || m.cutmix_alpha < 0.0
+            {
+                bail!("invalid config: `mixup` alphas must be >= 0 and label_smoothing in [0, 1)");
+            }
+        }
         let finite_nonneg = [
             ("lr", self.lr),
             ("min_lr", self.min_lr),

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use masksub_data::{BatchLoader, InMemoryDataset, LoaderConfig};
+use masksub_data::{Batch, BatchLoader, InMemoryDataset, LoaderConfig, StreamLoader};
 use masksub_dist::{params, Collective};
 use masksub_models::LoadedModel;
 
@@ -121,8 +121,30 @@ fn eval_sums(
         ..Default::default()
     };
     let loader = BatchLoader::new(ds, cfg, device.clone())?;
+    score_batches(model, loader.epoch(0))
+}
+
+/// [`evaluate_sharded`] over streamed data: the loader's rank reads its share of the shards
+/// (every sample once) and the sums are reduced over ranks.
+pub fn evaluate_stream(
+    model: &LoadedModel,
+    loader: &StreamLoader,
+    collective: &dyn Collective,
+) -> Result<EvalResult> {
+    let local = score_batches(model, loader.epoch(0))?;
+    if collective.world_size() == 1 {
+        return Ok(local.result());
+    }
+    let total = params::all_reduce_sum_f64(collective, &local.to_vec())?;
+    Ok(EvalSums::from_vec(&total).result())
+}
+
+fn score_batches(
+    model: &LoadedModel,
+    batches: impl Iterator<Item = masksub_data::error::Result<Batch>>,
+) -> Result<EvalSums> {
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0usize, 0usize, 0usize);
-    for batch in loader.epoch(0) {
+    for batch in batches {
         let batch = batch?;
         let logits = model.forward(&batch.images, false)?;
         let labels = batch.labels.to_vec1::<u32>()?;

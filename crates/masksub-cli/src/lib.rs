@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data_source;
 pub mod device;
 pub mod eval;
 pub mod init_weights;

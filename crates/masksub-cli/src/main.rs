@@ -27,9 +27,12 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// List the registered models.
     Models(commands::models::ModelsArgs),
+    /// Convert and inspect WebDataset shards.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
     /// List the shipped training recipes (`train --recipe NAME`).
     Recipes(commands::recipes::RecipesArgs),
-    /// Measure training-step or inference throughput.
+    /// Measure training-step, inference or data-pipeline throughput.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
 }
@@ -54,6 +57,7 @@ fn main() {
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Models(a) => commands::models::run(a),
+        Command::Data(c) => commands::data::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Recipes(a) => commands::recipes::run(a),
     };

@@ -31,9 +31,11 @@ pub struct EpochRow {
     pub lr: f64,
     pub train_img_per_s: f64,
     pub epoch_seconds: f64,
+    /// Bad samples skipped this epoch (streamed data; always 0 for IDX).
+    pub skipped_samples: usize,
 }
 
-pub const CSV_HEADER: &str = "epoch,step,train_loss,train_sub_loss,test_loss,test_top1,test_top5,lr,train_img_per_s,epoch_seconds";
+pub const CSV_HEADER: &str = "epoch,step,train_loss,train_sub_loss,test_loss,test_top1,test_top5,lr,train_img_per_s,epoch_seconds,skipped_samples";
 
 pub struct MetricsWriter {
     jsonl: File,
@@ -85,7 +87,7 @@ impl MetricsWriter {
             .unwrap_or_default();
         writeln!(
             self.csv,
-            "{},{},{:.6},{},{:.6},{:.4},{:.4},{:.3e},{:.1},{:.1}",
+            "{},{},{:.6},{},{:.6},{:.4},{:.4},{:.3e},{:.1},{:.1},{}",
             r.epoch,
             r.step,
             r.train_loss,
@@ -95,7 +97,8 @@ impl MetricsWriter {
             r.test_top5,
             r.lr,
             r.train_img_per_s,
-            r.epoch_seconds
+            r.epoch_seconds,
+            r.skipped_samples
         )?;
         self.csv.flush()?;
         Ok(())
@@ -120,6 +123,7 @@ mod tests {
             lr: 1e-3,
             train_img_per_s: 100.0,
             epoch_seconds: 2.0,
+            skipped_samples: 0,
         };
         {
             let mut w = MetricsWriter::open(dir.path()).unwrap();

@@ -173,10 +173,23 @@ impl<'a> MaskSubStep<'a> {
 
 impl TrainStep for MaskSubStep<'_> {
     fn step(&mut self, images: &Tensor, labels: &Tensor, step: u64) -> Result<StepOutcome> {
-        let lr = self.schedule.lr(step);
-        self.optimizer.set_lr(lr);
         let targets = smoothed_one_hot(labels, self.model.net.num_classes(), self.smoothing)?
             .to_dtype(images.dtype())?;
+        self.step_with_targets(images, &targets, step)
+    }
+}
+
+impl MaskSubStep<'_> {
+    /// The step with given (B, K) soft targets, e.g. from Mixup/CutMix (smoothing already in).
+    pub fn step_with_targets(
+        &mut self,
+        images: &Tensor,
+        targets: &Tensor,
+        step: u64,
+    ) -> Result<StepOutcome> {
+        let lr = self.schedule.lr(step);
+        self.optimizer.set_lr(lr);
+        let targets = targets.to_dtype(images.dtype())?;
         let (rank, world) = (self.collective.rank(), self.collective.world_size());
         // Drop-path is drawn per rank from (seed, step, rank).
         self.model

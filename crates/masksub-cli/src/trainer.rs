@@ -3,7 +3,8 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::DistBn;
-use crate::eval::{evaluate_sharded, EvalResult};
+use crate::data_source::TrainData;
+use crate::eval::EvalResult;
 use crate::metrics::{EpochRow, MetricsWriter, StepRow};
 use crate::progress::Progress;
 use crate::step::{param_groups_layer_decay, MaskSubStep, StepSettings, TrainStep};
@@ -13,7 +14,6 @@ use candle_core::{DType, Device};
 use masksub_core::{
     AdamW, AdamWConfig, CosineSchedule, Lamb, LambConfig, Optimizer, OptimizerKind, SubObjective,
 };
-use masksub_data::{BatchLoader, InMemoryDataset, LoaderConfig, Split};
 use masksub_dist::{params, Collective};
 use masksub_models::registry;
 use masksub_models::weights::LoadOptions;
@@ -99,28 +99,28 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             cfg.batch_size
         );
     }
-    let mut train_ds = InMemoryDataset::from_idx_dir(&cfg.data, Split::Train)?;
-    if let Some(n) = cfg.train_subset {
-        train_ds = train_ds.take(n);
-    }
-    let test_ds = InMemoryDataset::from_idx_dir(&cfg.data, Split::Test)?;
-
+    let data = TrainData::open(cfg)?;
+    let (num_classes, channels) = data.classes_and_channels(cfg)?;
     let spec = registry::lookup(&cfg.model)?
         .with_kwargs(&cfg.model_kwargs)?
-        .with_data(train_ds.num_classes, train_ds.channels);
+        .with_data(num_classes, channels);
     let spec = match cfg.drop_path {
         Some(d) => spec.with_drop_path(d),
         None => spec,
     };
     let (c, h, w) = spec.input_shape();
-    if (c, h, w) != (train_ds.channels, train_ds.height, train_ds.width) {
+    if let Some((dc, dh, dw)) = data.fixed_shape() {
+        if (c, h, w) != (dc, dh, dw) {
+            bail!(
+                "model `{}` takes {c}x{h}x{w} images but {} holds {dc}x{dh}x{dw}",
+                cfg.model,
+                cfg.data.display(),
+            );
+        }
+    } else if h != w {
         bail!(
-            "model `{}` takes {c}x{h}x{w} images but {} holds {}x{}x{}",
-            cfg.model,
-            cfg.data.display(),
-            train_ds.channels,
-            train_ds.height,
-            train_ds.width
+            "model `{}` takes {h}x{w} images; streamed data is cropped square",
+            cfg.model
         );
     }
     let model = spec.build(cfg.seed, DType::F32, &opts.device)?;
@@ -142,22 +142,14 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         }
     }
 
-    let loader_cfg = LoaderConfig {
-        batch_size: cfg.batch_size / world,
-        shuffle: true,
-        drop_last: true,
-        seed: cfg.seed,
-        rank: opts.collective.rank(),
-        world_size: world,
-        augment: Some(cfg.augment.clone()),
-    };
-    let loader = BatchLoader::new(&train_ds, loader_cfg, opts.device.clone())?;
+    let rank = opts.collective.rank();
+    let loader = data.train_loader(cfg, h, num_classes, rank, world, &opts.device)?;
     let steps_per_epoch = loader.batches_per_epoch() as u64;
     if steps_per_epoch == 0 {
         bail!(
             "invalid config: `batch_size` {} exceeds the {} training images",
             cfg.batch_size,
-            train_ds.len()
+            data.lens().0
         );
     }
     let total_steps = steps_per_epoch * cfg.epochs as u64;
@@ -242,8 +234,8 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             cfg.model,
             n_params as f64 / 1e6,
             cfg.sub,
-            train_ds.len(),
-            test_ds.len(),
+            data.lens().0,
+            data.lens().1,
             cfg.epochs,
             steps_per_epoch,
             out.display()
@@ -261,10 +253,14 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
         let t0 = Instant::now();
         let (mut loss_sum, mut sub_sum, mut n_steps, mut imgs) = (0f64, 0f64, 0u64, 0usize);
         let mut window = (Instant::now(), 0usize);
-        for batch in loader.epoch(epoch) {
+        let mut batches = loader.epoch(epoch);
+        for batch in batches.by_ref() {
             let batch = batch?;
-            let b = batch.indices.len();
-            let o = stepper.step(&batch.images, &batch.labels, state.step)?;
+            let b = batch.labels.dim(0)?;
+            let o = match &batch.targets {
+                Some(t) => stepper.step_with_targets(&batch.images, t, state.step)?,
+                None => stepper.step(&batch.images, &batch.labels, state.step)?,
+            };
             comm_total += o.times.comm;
             state.step += 1;
             n_steps += 1;
@@ -296,6 +292,15 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
                 window = (Instant::now(), 0);
             }
         }
+        let (skipped, bad) = batches.skipped();
+        drop(batches);
+        if skipped > 0 && main {
+            progress.println(&format!(
+                "epoch {}: skipped {skipped} bad samples, e.g. {}",
+                epoch + 1,
+                bad.join("; ")
+            ));
+        }
         let train_secs = t0.elapsed().as_secs_f64();
         imgs_total += imgs * world;
         train_secs_total += train_secs;
@@ -308,7 +313,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
                 params::broadcast_vars(coll, &buffers, params::DEFAULT_BUCKET_ELEMS)?
             }
         }
-        let ev = evaluate_sharded(&model, &test_ds, cfg.eval_batch_size, &opts.device, coll)?;
+        let ev = data.evaluate(cfg, &model, h, num_classes, &opts.device, coll)?;
         last_train_loss = loss_sum / n_steps.max(1) as f64;
         state.epochs_done = epoch + 1;
         state.best_top1 = state.best_top1.max(ev.top1);
@@ -323,6 +328,7 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
             lr: stepper.optimizer.lr(),
             train_img_per_s: (imgs * world) as f64 / train_secs.max(1e-9),
             epoch_seconds: t0.elapsed().as_secs_f64(),
+            skipped_samples: skipped,
         };
         if let Some(m) = metrics.as_mut() {
             m.epoch(&row)?;

@@ -43,6 +43,26 @@ pub enum DataError {
     /// The background prefetch thread died before delivering all batches.
     #[error("batch prefetch worker stopped unexpectedly: {0}")]
     Worker(String),
+    /// A shard specification (pattern, folder, hf:// address) cannot be resolved.
+    #[error("data source `{spec}`: {msg}")]
+    Spec { spec: String, msg: String },
+    /// A shard named by the source does not exist.
+    #[error("missing shard {}", path.display())]
+    MissingShard { path: PathBuf },
+    /// A Hugging Face Hub file could not be had.
+    #[error("hf://datasets/{repo} file `{file}`: {msg}")]
+    Hub {
+        repo: String,
+        file: String,
+        msg: String,
+    },
+    /// A sample that cannot be used, under `--strict-data` (otherwise it is skipped, counted).
+    #[error("shard {shard}, sample {key}: {reason}")]
+    BadSample {
+        shard: String,
+        key: String,
+        reason: String,
+    },
     /// Building a tensor on the target device failed.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -52,8 +52,10 @@ pub struct Batch {
     pub images: Tensor,
     /// (B,) `u32` class indices.
     pub labels: Tensor,
-    /// Dataset index of each row, for tests and debugging.
+    /// Dataset index of each row, for tests and debugging (empty for streamed data).
     pub indices: Vec<usize>,
+    /// (B, num_classes) soft targets when Mixup/CutMix mixed the batch; `None` = use `labels`.
+    pub targets: Option<Tensor>,
 }
 
 /// Produces the batches of each epoch for one rank.
@@ -261,6 +263,7 @@ impl EpochIter<'_> {
             images: Tensor::from_vec(host.images, (b, c, h, w), self.device)?,
             labels: Tensor::from_vec(host.labels, b, self.device)?,
             indices: host.indices,
+            targets: None,
         })
     }
 }

@@ -33,3 +33,19 @@ mod tests {
         );
     }
 }
+
+/// Sub-streams of the streaming loader, folded in after the purpose so they never collide
+/// with the in-memory loader's (seed, epoch[, index]) streams.
+pub(crate) mod stream_tag {
+    pub const SHARD_ORDER: u64 = 0x0073_6861_7264;
+    pub const BUFFER: u64 = 0x6275_6666;
+    pub const SAMPLE: u64 = 0x7361_6d70;
+    pub const MIXUP: u64 = 0x006d_6978;
+}
+
+/// RNG of a streaming sub-stream: (purpose, tag, seed, parts...).
+pub(crate) fn stream_rng(purpose: u64, tag: u64, seed: u64, parts: &[u64]) -> ChaCha8Rng {
+    let mut all = vec![purpose, tag, seed];
+    all.extend_from_slice(parts);
+    seeded(&all)
+}

@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Train(BenchArgs),
     /// Inference batches (eval mode): img/s.
     Forward(BenchArgs),
+    /// Data pipeline (decode + RandomResizedCrop + flip + normalize): img/s at 1..N threads.
+    Data(super::bench_data::DataBenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,6 +112,7 @@ fn emit(report: &impl serde::Serialize, json: &Option<PathBuf>) -> Result<()> {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Data(a) => super::bench_data::run(a),
         BenchCommand::Train(a) => {
             let (cfg, b, dtype, device) = setup(&a)?;
             let r = bench_train(&cfg, b, dtype, &device)?;

@@ -37,9 +37,43 @@ pub struct TrainArgs {
     /// Start from a shipped recipe (`masksub recipes` lists them); flags override its fields.
     #[arg(long)]
     recipe: Option<String>,
-    /// Folder with IDX files [default: the embedded Fashion-MNIST]
+    /// IDX folder, WebDataset shards (folder, `train-{0000..0099}.tar`, `hf://datasets/o/n`) or
+    /// an ImageFolder [default: the embedded Fashion-MNIST]
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Classes of streamed data if `_info.json`/labels do not tell
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// A corrupt sample stops the run with an error naming shard and key (default: skip, count)
+    #[arg(long)]
+    strict_data: bool,
+    /// Decode/augment worker threads per rank (streamed data)
+    #[arg(long)]
+    workers: Option<usize>,
+    /// RandAugment policy, timm's `--aa` (e.g. rand-m9-mstd0.5-inc1)
+    #[arg(long)]
+    aa: Option<String>,
+    /// DeiT-III 3-Augment (grayscale / solarize / blur, then color jitter)
+    #[arg(long)]
+    three_augment: bool,
+    /// Color jitter strength
+    #[arg(long)]
+    color_jitter: Option<f64>,
+    /// RandomErasing probability
+    #[arg(long)]
+    reprob: Option<f64>,
+    /// Mixup alpha (enables Mixup/CutMix; timm semantics)
+    #[arg(long)]
+    mixup: Option<f64>,
+    /// CutMix alpha
+    #[arg(long)]
+    cutmix: Option<f64>,
+    /// Repeated augmentation copies per sample (timm's --aug-repeats)
+    #[arg(long)]
+    aug_repeats: Option<usize>,
+    /// Evaluation center-crop fraction
+    #[arg(long)]
+    crop_pct: Option<f64>,
     /// Model name (see `masksub models`) [default: vit_fmnist_small]
     #[arg(long)]
     model: Option<String>,
@@ -112,6 +146,16 @@ impl TrainArgs {
     /// Whether any flag that changes the run's recipe was given.
     fn overrides_recipe(&self) -> bool {
         self.data.is_some()
+            || self.num_classes.is_some()
+            || self.strict_data
+            || self.aa.is_some()
+            || self.three_augment
+            || self.color_jitter.is_some()
+            || self.reprob.is_some()
+            || self.mixup.is_some()
+            || self.cutmix.is_some()
+            || self.aug_repeats.is_some()
+            || self.crop_pct.is_some()
             || self.model.is_some()
             || self.sub.is_some()
             || self.mask_ratio.is_some()
@@ -162,6 +206,41 @@ impl TrainArgs {
         }
         if self.layer_decay.is_some() {
             cfg.layer_decay = self.layer_decay;
+        }
+        if self.num_classes.is_some() {
+            cfg.num_classes = self.num_classes;
+        }
+        cfg.strict_data |= self.strict_data;
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(r) = self.aug_repeats {
+            cfg.repeats = r;
+        }
+        let aug = &mut cfg.image_aug;
+        if self.aa.is_some() {
+            aug.auto_augment = self.aa.clone();
+        }
+        if self.three_augment {
+            aug.three_augment = true;
+            aug.color_jitter = self.color_jitter.unwrap_or(0.3);
+        }
+        if let Some(c) = self.color_jitter {
+            aug.color_jitter = c;
+        }
+        if let Some(p) = self.reprob {
+            aug.reprob = p;
+        }
+        if let Some(p) = self.crop_pct {
+            aug.crop_pct = p;
+        }
+        if self.mixup.is_some() || self.cutmix.is_some() {
+            cfg.mixup = Some(masksub_data::MixupConfig {
+                mixup_alpha: self.mixup.unwrap_or(0.0),
+                cutmix_alpha: self.cutmix.unwrap_or(0.0),
+                label_smoothing: cfg.smoothing,
+                ..masksub_data::MixupConfig::default()
+            });
         }
         if self.drop_path.is_some() {
             cfg.drop_path = self.drop_path;

@@ -1,0 +1,131 @@
+//! `masksub bench data`: decode + RandomResizedCrop + flip + normalize throughput on real
+//! images, per thread count, written as JSON for `cargo xtask bench-data`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use masksub_data::decode::decode_rgb;
+use masksub_data::transforms::{train_transform, ImageAugConfig, TrainInterpolation};
+use rand::SeedableRng;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct DataBenchArgs {
+    /// Folder of .jpg/.png files to read (all of them, repeated)
+    #[arg(long)]
+    images: PathBuf,
+    /// Images processed per measurement
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Comma-separated thread counts
+    #[arg(long, default_value = "1,2")]
+    threads: String,
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Write the results here as JSON
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    threads: usize,
+    images: usize,
+    seconds: f64,
+    img_per_s: f64,
+    /// Share of thread time spent decoding.
+    decode_share: f64,
+}
+
+pub fn run(a: DataBenchArgs) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
+        .with_context(|| format!("{}: cannot read", a.images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "jpg" || e == "jpeg" || e == "png")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no .jpg/.png files", a.images.display());
+    }
+    let blobs: Vec<(Vec<u8>, String)> = files
+        .iter()
+        .map(|p| {
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            std::fs::read(p)
+                .map(|b| (b, ext))
+                .with_context(|| format!("{}", p.display()))
+        })
+        .collect::<Result<_>>()?;
+    // Bilinear RRC, like torchvision's RandomResizedCrop default on the Python side.
+    let cfg = ImageAugConfig {
+        img_size: a.size,
+        interpolation: TrainInterpolation::Bilinear,
+        ..ImageAugConfig::default()
+    };
+    let mut rows = Vec::new();
+    for t in a.threads.split(',') {
+        let threads: usize = t
+            .trim()
+            .parse()
+            .with_context(|| format!("--threads: `{t}`"))?;
+        if threads == 0 {
+            bail!("--threads: 0 is not a thread count");
+        }
+        let per = a.count.div_ceil(threads);
+        let mut decode_total = 0f64;
+        let t0 = Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let hs: Vec<_> = (0..threads)
+                .map(|k| {
+                    let (blobs, cfg) = (&blobs, &cfg);
+                    s.spawn(move || -> Result<f64> {
+                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
+                        let mut out = vec![0f32; cfg.sample_len()];
+                        let mut decode_secs = 0f64;
+                        for i in 0..per {
+                            let (b, ext) = &blobs[(k * per + i) % blobs.len()];
+                            let t = Instant::now();
+                            let img = decode_rgb(b, ext).map_err(anyhow::Error::msg)?;
+                            decode_secs += t.elapsed().as_secs_f64();
+                            train_transform(&img, cfg, None, &mut rng, &mut out);
+                        }
+                        Ok(decode_secs)
+                    })
+                })
+                .collect();
+            for h in hs {
+                decode_total += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let secs = t0.elapsed().as_secs_f64();
+        let n = per * threads;
+        let row = Row {
+            threads,
+            images: n,
+            seconds: secs,
+            img_per_s: n as f64 / secs,
+            decode_share: decode_total / (secs * threads as f64),
+        };
+        println!(
+            "{threads} thread(s): {:.1} img/s ({n} images, {secs:.2}s, decoding {:.0}% of thread time)",
+            row.img_per_s,
+            100.0 * row.decode_share
+        );
+        rows.push(row);
+    }
+    if let Some(p) = a.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(())
+}

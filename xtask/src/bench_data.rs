@@ -1,0 +1,205 @@
+//! `cargo xtask bench-data`: the data pipeline (decode + RandomResizedCrop 224 + flip +
+//! normalize) of masksub vs PIL + torchvision on the same real JPEGs (the foolbox photos:
+//! progressive as shipped, and re-encoded as baseline JPEG like most ImageNet files), 1 and 2
+//! threads, alternating rounds, medians; writes the "Data pipeline" section of BENCHMARKS.md.
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BEGIN: &str = "<!-- xtask bench-data: begin (generated, do not edit) -->";
+const END: &str = "<!-- xtask bench-data: end -->";
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Python with torch, torchvision and Pillow
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Images per measurement
+    #[arg(long, default_value_t = 600)]
+    count: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    file: PathBuf,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(".."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed");
+    }
+    Ok(())
+}
+
+/// img/s per thread count from a bench JSON (masksub's list, or PIL's {"rows": [...]}).
+fn rates(path: &Path) -> Result<Vec<(u64, f64)>> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let rows = v.get("rows").unwrap_or(&v);
+    rows.as_array()
+        .context("bench JSON is not a list")?
+        .iter()
+        .map(|r| {
+            Ok((
+                r["threads"].as_u64().context("threads")?,
+                r["img_per_s"].as_f64().context("img_per_s")?,
+            ))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run_bench(a: Args) -> Result<()> {
+    if a.rounds == 0 {
+        bail!("--rounds must be positive");
+    }
+    let root = root();
+    let photos = root.join("target/foolbox/x/foolbox/data");
+    if !photos.join("imagenet_00_243.jpg").is_file() {
+        bail!(
+            "{} is missing: run `cargo test --release -p masksub-cli --test real_data` once (it fetches foolbox==3.3.4)",
+            photos.display()
+        );
+    }
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "masksub-cli",
+    ]))?;
+    let bin = root.join("target/release/masksub");
+    let script = root.join("tools/data/bench_pil.py");
+    let work = std::env::temp_dir().join(format!("masksub-bench-data-{}", std::process::id()));
+    let prog = work.join("progressive");
+    let base = work.join("baseline");
+    std::fs::create_dir_all(&prog)?;
+    for e in std::fs::read_dir(&photos)? {
+        let p = e?.path();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("imagenet_") && name.ends_with(".jpg") {
+            std::fs::copy(&p, prog.join(&name))?;
+        }
+    }
+    run(Command::new(&a.python)
+        .arg(&script)
+        .arg("--baseline")
+        .arg(&prog)
+        .arg(&base))?;
+    let count = a.count.to_string();
+    let mut table = String::new();
+    let mut py_versions = String::new();
+    for (label, dir) in [
+        ("progressive (as shipped)", &prog),
+        ("baseline (re-encoded q90)", &base),
+    ] {
+        let (mut ours, mut theirs): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+            (vec![vec![]; 2], vec![vec![]; 2]);
+        for r in 0..a.rounds {
+            let js = work.join(format!("rs-{r}.json"));
+            run(Command::new(&bin)
+                .args([
+                    "bench",
+                    "data",
+                    "--threads",
+                    "1,2",
+                    "--count",
+                    &count,
+                    "--images",
+                ])
+                .arg(dir)
+                .arg("--json")
+                .arg(&js))?;
+            let jp = work.join(format!("py-{r}.json"));
+            run(Command::new(&a.python)
+                .arg(&script)
+                .arg(dir)
+                .arg(&count)
+                .arg("1,2")
+                .arg(&jp))?;
+            for (t, v) in rates(&js)? {
+                ours[(t - 1) as usize].push(v);
+            }
+            for (t, v) in rates(&jp)? {
+                theirs[(t - 1) as usize].push(v);
+            }
+            if py_versions.is_empty() {
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jp)?)?;
+                py_versions = format!(
+                    "Pillow {}, torch {}, torchvision {}",
+                    v["versions"]["pillow"].as_str().unwrap_or("?"),
+                    v["versions"]["torch"].as_str().unwrap_or("?"),
+                    v["versions"]["torchvision"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        for t in 0..2 {
+            let (m, p) = (median(ours[t].clone()), median(theirs[t].clone()));
+            table.push_str(&format!(
+                "| {label} | {} | {m:.1} | {p:.1} | {:.2}x |\n",
+                t + 1,
+                m / p
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let section = format!(
+        "{BEGIN}\n## Data pipeline (`cargo xtask bench-data`)\n\n\
+         Decode + RandomResizedCrop 224 (bilinear, scale 0.08-1) + horizontal flip + normalize to CHW f32, images/s on the 20 ImageNet \
+         photos of foolbox 3.3.4 (512x512) repeated, {} images per measurement, {} alternating rounds, medians. masksub: `masksub bench data` \
+         (zune-jpeg, its own threads); PIL: tools/data/bench_pil.py (torchvision transforms, one process per thread, torch 1 thread each).\n\n\
+         | JPEGs | threads | masksub img/s | PIL+torchvision img/s | ratio |\n|---|---|---|---|---|\n{table}\n\
+         Machine: {} cores visible (shared with other jobs, so rates vary run to run); {}; {py_versions}; masksub {}; date {}.\n{END}\n",
+        a.count,
+        a.rounds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        capture("rustc", &["--version"]),
+        capture("git", &["rev-parse", "--short", "HEAD"]),
+        chrono::Local::now().format("%Y-%m-%d %H:%M"),
+    );
+    let path = if a.file.is_absolute() {
+        a.file.clone()
+    } else {
+        root.join(&a.file)
+    };
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &old[..b],
+            section,
+            old[e + END.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n\n{}", old.trim_end(), section),
+    };
+    std::fs::write(&path, new).with_context(|| format!("{}: cannot write", path.display()))?;
+    print!("{table}");
+    println!("-> {}", path.display());
+    Ok(())
+}
+
+fn capture(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
