@@ -13,7 +13,7 @@ mod permute_tokens;
 mod rowwise;
 mod softmax;
 
-pub use attention::window_attention;
+pub use attention::{attention, window_attention};
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use permute_tokens::TokenPermutation;
