@@ -85,6 +85,7 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 /// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major).
+#[inline(always)]
 fn probs(
     d: &Dims,
     scale: f32,
@@ -131,29 +132,125 @@ fn check(d: &Dims, qkv: &Layout, bias: Option<&Layout>) -> Result<()> {
 
 /// The forward kernel: one task per window, (BW, N, C) out.
 fn fwd_kernel(d: &Dims, scale: f32, qkv: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let (n, hd, c) = (d.n, d.head_dim, d.c());
+    let (n, c) = (d.n, d.c());
     let mut out = vec![0f32; d.bw * n * c];
     out.par_chunks_mut(n * c).enumerate().for_each_init(
         || vec![0f32; n * n],
-        |p, (w, o)| {
-            let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
-            for h in 0..d.heads {
-                probs(d, scale, qkv, bias, w, h, p);
-                for i in 0..n {
-                    let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
-                    for j in 0..n {
-                        let v = &rows[j * 3 * c + 2 * c + h * hd..][..hd];
-                        axpy(oi, p[i * n + j], v);
-                    }
-                }
-            }
-        },
+        |p, (w, o)| simd::fwd_window(d, scale, qkv, bias, w, o, p),
     );
     out
 }
 
+/// Window `w`'s output rows `o` (N x C).
+#[inline(always)]
+fn fwd_window(
+    d: &Dims,
+    scale: f32,
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    w: usize,
+    o: &mut [f32],
+    p: &mut [f32],
+) {
+    let (n, hd, c) = (d.n, d.head_dim, d.c());
+    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+    for h in 0..d.heads {
+        probs(d, scale, qkv, bias, w, h, p);
+        for i in 0..n {
+            let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
+            for j in 0..n {
+                let v = &rows[j * 3 * c + 2 * c + h * hd..][..hd];
+                axpy(oi, p[i * n + j], v);
+            }
+        }
+    }
+}
+
+/// The per-window kernels built for AVX2 when the CPU has it: the crate targets baseline
+/// x86-64, where these loops only get 4-wide SSE. Same operations in the same order (no FMA
+/// contraction), so both paths give the same bits.
+mod simd {
+    use super::Dims;
+
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn fwd_avx2(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        w: usize,
+        o: &mut [f32],
+        p: &mut [f32],
+    ) {
+        super::fwd_window(d, scale, qkv, bias, w, o, p)
+    }
+
+    pub(super) fn fwd_window(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        w: usize,
+        o: &mut [f32],
+        p: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { fwd_avx2(d, scale, qkv, bias, w, o, p) };
+        }
+        super::fwd_window(d, scale, qkv, bias, w, o, p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_avx2(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        grad: &[f32],
+        w: usize,
+        dq: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bwd_window(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        grad: &[f32],
+        w: usize,
+        dq: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { bwd_avx2(d, scale, qkv, bias, grad, w, dq, dbias, p, ds) };
+        }
+        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
+    }
+}
+
 /// Window `w`'s d_qkv rows (`dq`, N x 3C), adding its d_bias into `dbias` when there is a bias.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn bwd_window(
     d: &Dims,
     scale: f32,
@@ -280,7 +377,7 @@ impl CustomOp3 for AttnBwd {
                 for (k, dq) in dq_chunk.chunks_mut(n * 3 * c).enumerate() {
                     let w = chunk * WINDOWS_PER_PARTIAL + k;
                     let db = Some(dbias.as_mut_slice());
-                    bwd_window(
+                    simd::bwd_window(
                         &d,
                         self.scale,
                         qkv,
@@ -361,7 +458,9 @@ impl CustomOp2 for GlobalBwd {
         // No d_bias to sum: one task per window, each writes only its own rows.
         dqkv.par_chunks_mut(n * 3 * c).enumerate().for_each_init(
             || (vec![0f32; n * n], vec![0f32; n * n]),
-            |(p, ds), (w, dq)| bwd_window(&d, self.scale, qkv, None, grad, w, dq, None, p, ds),
+            |(p, ds), (w, dq)| {
+                simd::bwd_window(&d, self.scale, qkv, None, grad, w, dq, None, p, ds)
+            },
         );
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
