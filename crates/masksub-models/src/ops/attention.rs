@@ -84,8 +84,32 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
-/// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major).
+/// `t` (hd x N) = the head's columns [off, off + hd) of the N qkv rows, transposed, so a row of
+/// scores is hd axpys over contiguous N-vectors (no per-score horizontal sums; hd is 16-64).
 #[inline(always)]
+fn transpose_head(rows: &[f32], off: usize, d: &Dims, t: &mut [f32]) {
+    let (n, hd, c3) = (d.n, d.head_dim, 3 * d.c());
+    for j in 0..n {
+        for (e, &x) in rows[j * c3 + off..][..hd].iter().enumerate() {
+            t[e * n + j] = x;
+        }
+    }
+}
+
+/// out (N) = x (hd) · t (hd x N).
+#[inline(always)]
+fn row_times(x: &[f32], t: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    out.fill(0.0);
+    for (e, &xe) in x.iter().enumerate() {
+        axpy(out, xe, &t[e * n..(e + 1) * n]);
+    }
+}
+
+/// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major); `kt` (hd x N) is
+/// scratch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn probs(
     d: &Dims,
     scale: f32,
@@ -94,6 +118,7 @@ fn probs(
     w: usize,
     h: usize,
     p: &mut [f32],
+    kt: &mut [f32],
 ) {
     let (n, hd, c) = (d.n, d.head_dim, d.c());
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
@@ -101,15 +126,19 @@ fn probs(
         let g = w % d.groups;
         &b[(g * d.heads + h) * n * n..(g * d.heads + h + 1) * n * n]
     });
+    transpose_head(rows, c + h * hd, d, kt);
     for i in 0..n {
         let q = &rows[i * 3 * c + h * hd..][..hd];
         let pi = &mut p[i * n..(i + 1) * n];
-        let mut max = f32::NEG_INFINITY;
-        for (j, pij) in pi.iter_mut().enumerate() {
-            let k = &rows[j * 3 * c + c + h * hd..][..hd];
-            *pij = scale * dot(q, k) + bias.map_or(0.0, |b| b[i * n + j]);
-            max = max.max(*pij);
+        row_times(q, kt, pi);
+        match bias {
+            Some(b) => pi
+                .iter_mut()
+                .zip(&b[i * n..(i + 1) * n])
+                .for_each(|(v, b)| *v = scale * *v + b),
+            None => pi.iter_mut().for_each(|v| *v *= scale),
         }
+        let max = pi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // exp in its own loop and the sum with lane accumulators: both vectorize.
         pi.iter_mut().for_each(|v| *v = exp(*v - max));
         let inv = 1.0 / lane_sum(pi);
@@ -135,7 +164,7 @@ fn fwd_kernel(d: &Dims, scale: f32, qkv: &[f32], bias: Option<&[f32]>) -> Vec<f3
     let (n, c) = (d.n, d.c());
     let mut out = vec![0f32; d.bw * n * c];
     out.par_chunks_mut(n * c).enumerate().for_each_init(
-        || vec![0f32; n * n],
+        || vec![0f32; n * n + n * d.head_dim],
         |p, (w, o)| simd::fwd_window(d, scale, qkv, bias, w, o, p),
     );
     out
@@ -154,8 +183,9 @@ fn fwd_window(
 ) {
     let (n, hd, c) = (d.n, d.head_dim, d.c());
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+    let (p, kt) = p.split_at_mut(n * n);
     for h in 0..d.heads {
-        probs(d, scale, qkv, bias, w, h, p);
+        probs(d, scale, qkv, bias, w, h, p, kt);
         for i in 0..n {
             let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
             for j in 0..n {
@@ -267,23 +297,24 @@ fn bwd_window(
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
     let go = &grad[w * n * c..(w + 1) * n * c];
     let gi = w % d.groups.max(1);
+    let (p, t) = p.split_at_mut(n * n);
+    let ds = &mut ds[..n * n];
     for h in 0..d.heads {
-        probs(d, scale, qkv, bias, w, h, p);
+        probs(d, scale, qkv, bias, w, h, p, t);
         let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
         // dP = dO v^T; dV += P^T dO; dS = P * (dP - rowsum(dP * P)).
+        transpose_head(rows, vo, d, t);
         for i in 0..n {
             let doi = &go[i * c + h * hd..][..hd];
-            let mut rowdot = 0f32;
-            for j in 0..n {
-                let v = &rows[j * 3 * c + vo..][..hd];
-                let dp = dot(doi, v);
-                ds[i * n + j] = dp;
-                rowdot += dp * p[i * n + j];
-                axpy(&mut dq[j * 3 * c + vo..][..hd], p[i * n + j], doi);
+            let (pi, dsi) = (&p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
+            row_times(doi, t, dsi);
+            let rowdot = dot(dsi, pi);
+            for (j, &pij) in pi.iter().enumerate() {
+                axpy(&mut dq[j * 3 * c + vo..][..hd], pij, doi);
             }
-            for j in 0..n {
-                ds[i * n + j] = p[i * n + j] * (ds[i * n + j] - rowdot);
-            }
+            dsi.iter_mut()
+                .zip(pi)
+                .for_each(|(s, &pij)| *s = pij * (*s - rowdot));
         }
         if let Some(dbias) = dbias.as_deref_mut() {
             let db = &mut dbias[(gi * d.heads + h) * n * n..][..n * n];
@@ -373,7 +404,8 @@ impl CustomOp3 for AttnBwd {
             .enumerate()
             .map(|(chunk, dq_chunk)| {
                 let mut dbias = vec![0f32; nb];
-                let (mut p, mut ds) = (vec![0f32; n * n], vec![0f32; n * n]);
+                let mut p = vec![0f32; n * n + n * d.head_dim];
+                let mut ds = vec![0f32; n * n];
                 for (k, dq) in dq_chunk.chunks_mut(n * 3 * c).enumerate() {
                     let w = chunk * WINDOWS_PER_PARTIAL + k;
                     let db = Some(dbias.as_mut_slice());
@@ -457,7 +489,7 @@ impl CustomOp2 for GlobalBwd {
         let mut dqkv = vec![0f32; qkv.len()];
         // No d_bias to sum: one task per window, each writes only its own rows.
         dqkv.par_chunks_mut(n * 3 * c).enumerate().for_each_init(
-            || (vec![0f32; n * n], vec![0f32; n * n]),
+            || (vec![0f32; n * n + n * d.head_dim], vec![0f32; n * n]),
             |(p, ds), (w, dq)| {
                 simd::bwd_window(&d, self.scale, qkv, None, grad, w, dq, None, p, ds)
             },
