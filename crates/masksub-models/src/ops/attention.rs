@@ -5,7 +5,8 @@
 //! Swin runs B * num_windows * heads tiny attentions (49 x 49); as separate candle ops that is
 //! thousands of small GEMM calls and several passes over the N x N scores. Here one task per
 //! window keeps S (N x N) in cache, reads q/k/v from the (BW, N, 3C) qkv rows directly and writes
-//! (BW, N, C) as the projection takes it (no permute copies). The backward recomputes the
+//! (BW, N, C) as the projection takes it (no permute copies); the per-head products go through
+//! gemm's kernels on strided views of those rows (a hand loop reached half gemm's rate). The backward recomputes the
 //! softmax (flash-style: the scores are never stored) and returns d_qkv and d_bias; d_bias is
 //! summed over windows in fixed chunks, so it is bitwise reproducible.
 
@@ -79,37 +80,69 @@ fn lane_sum(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+/// A strided matrix view: element (r, c) at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
-/// `t` (hd x N) = the head's columns [off, off + hd) of the N qkv rows, transposed, so a row of
-/// scores is hd axpys over contiguous N-vectors (no per-score horizontal sums; hd is 16-64).
-#[inline(always)]
-fn transpose_head(rows: &[f32], off: usize, d: &Dims, t: &mut [f32]) {
-    let (n, hd, c3) = (d.n, d.head_dim, 3 * d.c());
-    for j in 0..n {
-        for (e, &x) in rows[j * c3 + off..][..hd].iter().enumerate() {
-            t[e * n + j] = x;
-        }
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+    /// Whether a rows x cols view fits inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }
 }
 
-/// out (N) = x (hd) · t (hd x N).
-#[inline(always)]
-fn row_times(x: &[f32], t: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    out.fill(0.0);
-    for (e, &xe) in x.iter().enumerate() {
-        axpy(out, xe, &t[e * n..(e + 1) * n]);
+/// dst (m x n, row stride `dst_rs`) = beta * lhs (m x k) · rhs (k x n), through gemm's
+/// register-blocked kernels on strided views: q/k/v are read in place from the qkv rows.
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    assert!(
+        lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()),
+        "attention: a strided view runs past its buffer"
+    );
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices; dst is
+    // borrowed mutably, so it aliases neither input; gemm runs on this thread (no Parallelism).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
-/// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major); `kt` (hd x N) is
-/// scratch.
+/// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn probs(
     d: &Dims,
     scale: f32,
@@ -118,7 +151,6 @@ fn probs(
     w: usize,
     h: usize,
     p: &mut [f32],
-    kt: &mut [f32],
 ) {
     let (n, hd, c) = (d.n, d.head_dim, d.c());
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
@@ -126,17 +158,16 @@ fn probs(
         let g = w % d.groups;
         &b[(g * d.heads + h) * n * n..(g * d.heads + h + 1) * n * n]
     });
-    transpose_head(rows, c + h * hd, d, kt);
+    // S = scale Q K^T: Q rows at column h*hd, K^T read as K with strides swapped.
+    let q = View::new(&rows[h * hd..], 3 * c, 1);
+    let kt = View::new(&rows[c + h * hd..], 1, 3 * c);
+    mm(n, n, hd, p, n, q, kt, scale);
     for i in 0..n {
-        let q = &rows[i * 3 * c + h * hd..][..hd];
         let pi = &mut p[i * n..(i + 1) * n];
-        row_times(q, kt, pi);
-        match bias {
-            Some(b) => pi
-                .iter_mut()
+        if let Some(b) = bias {
+            pi.iter_mut()
                 .zip(&b[i * n..(i + 1) * n])
-                .for_each(|(v, b)| *v = scale * *v + b),
-            None => pi.iter_mut().for_each(|v| *v *= scale),
+                .for_each(|(v, b)| *v += b);
         }
         let max = pi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // exp in its own loop and the sum with lane accumulators: both vectorize.
@@ -164,7 +195,7 @@ fn fwd_kernel(d: &Dims, scale: f32, qkv: &[f32], bias: Option<&[f32]>) -> Vec<f3
     let (n, c) = (d.n, d.c());
     let mut out = vec![0f32; d.bw * n * c];
     out.par_chunks_mut(n * c).enumerate().for_each_init(
-        || vec![0f32; n * n + n * d.head_dim],
+        || vec![0f32; n * n],
         |p, (w, o)| simd::fwd_window(d, scale, qkv, bias, w, o, p),
     );
     out
@@ -183,16 +214,11 @@ fn fwd_window(
 ) {
     let (n, hd, c) = (d.n, d.head_dim, d.c());
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
-    let (p, kt) = p.split_at_mut(n * n);
     for h in 0..d.heads {
-        probs(d, scale, qkv, bias, w, h, p, kt);
-        for i in 0..n {
-            let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
-            for j in 0..n {
-                let v = &rows[j * 3 * c + 2 * c + h * hd..][..hd];
-                axpy(oi, p[i * n + j], v);
-            }
-        }
+        probs(d, scale, qkv, bias, w, h, p);
+        // O_h = P V, written into the head's columns of the (N, C) output rows.
+        let v = View::new(&rows[2 * c + h * hd..], 3 * c, 1);
+        mm(n, hd, n, &mut o[h * hd..], c, View::new(p, n, 1), v, 1.0);
     }
 }
 
@@ -297,21 +323,18 @@ fn bwd_window(
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
     let go = &grad[w * n * c..(w + 1) * n * c];
     let gi = w % d.groups.max(1);
-    let (p, t) = p.split_at_mut(n * n);
     let ds = &mut ds[..n * n];
     for h in 0..d.heads {
-        probs(d, scale, qkv, bias, w, h, p, t);
+        probs(d, scale, qkv, bias, w, h, p);
         let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
-        // dP = dO v^T; dV += P^T dO; dS = P * (dP - rowsum(dP * P)).
-        transpose_head(rows, vo, d, t);
-        for i in 0..n {
-            let doi = &go[i * c + h * hd..][..hd];
-            let (pi, dsi) = (&p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
-            row_times(doi, t, dsi);
+        let head = |off: usize| View::new(&rows[off..], 3 * c, 1);
+        let head_t = |off: usize| View::new(&rows[off..], 1, 3 * c);
+        let d_o = View::new(&go[h * hd..], c, 1);
+        // dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(dP * P)).
+        mm(n, hd, n, &mut dq[vo..], 3 * c, View::new(p, 1, n), d_o, 1.0);
+        mm(n, n, hd, ds, n, d_o, head_t(vo), 1.0);
+        for (dsi, pi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
             let rowdot = dot(dsi, pi);
-            for (j, &pij) in pi.iter().enumerate() {
-                axpy(&mut dq[j * 3 * c + vo..][..hd], pij, doi);
-            }
             dsi.iter_mut()
                 .zip(pi)
                 .for_each(|(s, &pij)| *s = pij * (*s - rowdot));
@@ -321,15 +344,10 @@ fn bwd_window(
             db.iter_mut().zip(ds.iter()).for_each(|(a, b)| *a += b);
         }
         // dQ = scale dS K; dK = scale dS^T Q.
-        for i in 0..n {
-            for j in 0..n {
-                let s = scale * ds[i * n + j];
-                let k = &rows[j * 3 * c + ko..][..hd];
-                axpy(&mut dq[i * 3 * c + qo..][..hd], s, k);
-                let q = &rows[i * 3 * c + qo..][..hd];
-                axpy(&mut dq[j * 3 * c + ko..][..hd], s, q);
-            }
-        }
+        let dsv = View::new(ds, n, 1);
+        let dst = View::new(ds, 1, n);
+        mm(n, hd, n, &mut dq[qo..], 3 * c, dsv, head(ko), scale);
+        mm(n, hd, n, &mut dq[ko..], 3 * c, dst, head(qo), scale);
     }
 }
 
@@ -404,7 +422,7 @@ impl CustomOp3 for AttnBwd {
             .enumerate()
             .map(|(chunk, dq_chunk)| {
                 let mut dbias = vec![0f32; nb];
-                let mut p = vec![0f32; n * n + n * d.head_dim];
+                let mut p = vec![0f32; n * n];
                 let mut ds = vec![0f32; n * n];
                 for (k, dq) in dq_chunk.chunks_mut(n * 3 * c).enumerate() {
                     let w = chunk * WINDOWS_PER_PARTIAL + k;
@@ -489,7 +507,7 @@ impl CustomOp2 for GlobalBwd {
         let mut dqkv = vec![0f32; qkv.len()];
         // No d_bias to sum: one task per window, each writes only its own rows.
         dqkv.par_chunks_mut(n * 3 * c).enumerate().for_each_init(
-            || (vec![0f32; n * n + n * d.head_dim], vec![0f32; n * n]),
+            || (vec![0f32; n * n], vec![0f32; n * n]),
             |(p, ds), (w, dq)| {
                 simd::bwd_window(&d, self.scale, qkv, None, grad, w, dq, None, p, ds)
             },
