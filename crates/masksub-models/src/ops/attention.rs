@@ -100,6 +100,7 @@ impl<'a> View<'a> {
 
 /// dst (m x n, row stride `dst_rs`) = beta * lhs (m x k) · rhs (k x n), through gemm's
 /// register-blocked kernels on strided views: q/k/v are read in place from the qkv rows.
+#[allow(clippy::too_many_arguments)]
 fn mm(
     m: usize,
     n: usize,
