@@ -251,20 +251,11 @@ impl Attention {
         })
     }
 
+    /// One fused op reads q/k/v from the qkv rows and writes (B, N, C) for `proj`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let hd = c / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, self.num_heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = ops::softmax_scaled(&q.matmul(&k.t()?)?, self.scale)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
-        self.proj.forward(&out)
+        let qkv = self.qkv.forward(x)?;
+        self.proj
+            .forward(&ops::attention(&qkv, self.num_heads, self.scale)?)
     }
 }
 

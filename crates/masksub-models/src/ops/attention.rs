@@ -1,16 +1,20 @@
-//! Fused attention with an additive bias for many small windows (Swin):
-//! out = softmax(scale * q k^T + bias) v, per window and head, straight from the qkv projection.
+//! Fused attention straight from the qkv projection: out = softmax(scale * q k^T [+ bias]) v,
+//! per window and head. Swin's windows carry an additive bias; ViT's global attention is the
+//! same kernel with one window of all tokens and no bias ([`attention`]).
 //!
 //! Swin runs B * num_windows * heads tiny attentions (49 x 49); as separate candle ops that is
 //! thousands of small GEMM calls and several passes over the N x N scores. Here one task per
 //! window keeps S (N x N) in cache, reads q/k/v from the (BW, N, 3C) qkv rows directly and writes
-//! (BW, N, C) as the projection takes it (no permute copies). The backward recomputes the
+//! (BW, N, C) as the projection takes it (no permute copies); the per-head products go through
+//! gemm's kernels on strided views of those rows (a hand loop reached half gemm's rate). The backward recomputes the
 //! softmax (flash-style: the scores are never stored) and returns d_qkv and d_bias; d_bias is
 //! summed over windows in fixed chunks, so it is bitwise reproducible.
 
 use super::fast_math::exp;
 use super::{f32_slice, use_fused};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 /// Windows per partial d_bias sum (fixed: the summation order never depends on threads).
@@ -24,7 +28,7 @@ struct Dims {
     n: usize,
     heads: usize,
     head_dim: usize,
-    /// bias groups: bias[bw % groups]
+    /// bias groups: bias[bw % groups]; unused without a bias
     groups: usize,
 }
 
@@ -76,26 +80,97 @@ fn lane_sum(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+/// A strided matrix view: element (r, c) at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+    /// Whether a rows x cols view fits inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// dst (m x n, row stride `dst_rs`) = beta * lhs (m x k) · rhs (k x n), through gemm's
+/// register-blocked kernels on strided views: q/k/v are read in place from the qkv rows.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    assert!(
+        lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()),
+        "attention: a strided view runs past its buffer"
+    );
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices; dst is
+    // borrowed mutably, so it aliases neither input; gemm runs on this thread (no Parallelism).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// Softmax probabilities of window `w`, head `h` into `p` (N x N, row-major).
-fn probs(d: &Dims, scale: f32, qkv: &[f32], bias: &[f32], w: usize, h: usize, p: &mut [f32]) {
+#[inline(always)]
+fn probs(
+    d: &Dims,
+    scale: f32,
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    w: usize,
+    h: usize,
+    p: &mut [f32],
+) {
     let (n, hd, c) = (d.n, d.head_dim, d.c());
     let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
-    let g = w % d.groups;
-    let bias = &bias[(g * d.heads + h) * n * n..(g * d.heads + h + 1) * n * n];
+    let bias = bias.map(|b| {
+        let g = w % d.groups;
+        &b[(g * d.heads + h) * n * n..(g * d.heads + h + 1) * n * n]
+    });
+    // S = scale Q K^T: Q rows at column h*hd, K^T read as K with strides swapped.
+    let q = View::new(&rows[h * hd..], 3 * c, 1);
+    let kt = View::new(&rows[c + h * hd..], 1, 3 * c);
+    mm(n, n, hd, p, n, q, kt, scale);
     for i in 0..n {
-        let q = &rows[i * 3 * c + h * hd..][..hd];
         let pi = &mut p[i * n..(i + 1) * n];
-        let mut max = f32::NEG_INFINITY;
-        for (j, pij) in pi.iter_mut().enumerate() {
-            let k = &rows[j * 3 * c + c + h * hd..][..hd];
-            *pij = scale * dot(q, k) + bias[i * n + j];
-            max = max.max(*pij);
+        if let Some(b) = bias {
+            pi.iter_mut()
+                .zip(&b[i * n..(i + 1) * n])
+                .for_each(|(v, b)| *v += b);
         }
+        let max = pi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // exp in its own loop and the sum with lane accumulators: both vectorize.
         pi.iter_mut().for_each(|v| *v = exp(*v - max));
         let inv = 1.0 / lane_sum(pi);
@@ -103,17 +178,178 @@ fn probs(d: &Dims, scale: f32, qkv: &[f32], bias: &[f32], w: usize, h: usize, p:
     }
 }
 
-fn check(d: &Dims, qkv: &Layout, bias: &Layout) -> Result<()> {
+fn check(d: &Dims, qkv: &Layout, bias: Option<&Layout>) -> Result<()> {
     let (bw, n, c3) = qkv.shape().dims3()?;
     let want = [d.groups, d.heads, d.n, d.n];
-    if (bw, n, c3) != (d.bw, d.n, 3 * d.c()) || bias.shape().dims() != want {
+    if (bw, n, c3) != (d.bw, d.n, 3 * d.c()) || bias.is_some_and(|b| b.shape().dims() != want) {
         bail!(
-            "window attention: qkv {:?} / bias {:?} do not fit {d:?}",
+            "attention: qkv {:?} / bias {:?} do not fit {d:?}",
             qkv.shape(),
-            bias.shape()
+            bias.map(|b| b.shape())
         );
     }
     Ok(())
+}
+
+/// The forward kernel: one task per window, (BW, N, C) out.
+fn fwd_kernel(d: &Dims, scale: f32, qkv: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (n, c) = (d.n, d.c());
+    let mut out = vec![0f32; d.bw * n * c];
+    out.par_chunks_mut(n * c).enumerate().for_each_init(
+        || vec![0f32; n * n],
+        |p, (w, o)| simd::fwd_window(d, scale, qkv, bias, w, o, p),
+    );
+    out
+}
+
+/// Window `w`'s output rows `o` (N x C).
+#[inline(always)]
+fn fwd_window(
+    d: &Dims,
+    scale: f32,
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    w: usize,
+    o: &mut [f32],
+    p: &mut [f32],
+) {
+    let (n, hd, c) = (d.n, d.head_dim, d.c());
+    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+    for h in 0..d.heads {
+        probs(d, scale, qkv, bias, w, h, p);
+        // O_h = P V, written into the head's columns of the (N, C) output rows.
+        let v = View::new(&rows[2 * c + h * hd..], 3 * c, 1);
+        mm(n, hd, n, &mut o[h * hd..], c, View::new(p, n, 1), v, 1.0);
+    }
+}
+
+/// The per-window kernels built for AVX2 when the CPU has it: the crate targets baseline
+/// x86-64, where these loops only get 4-wide SSE. Same operations in the same order (no FMA
+/// contraction), so both paths give the same bits.
+mod simd {
+    use super::Dims;
+
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn fwd_avx2(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        w: usize,
+        o: &mut [f32],
+        p: &mut [f32],
+    ) {
+        super::fwd_window(d, scale, qkv, bias, w, o, p)
+    }
+
+    pub(super) fn fwd_window(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        w: usize,
+        o: &mut [f32],
+        p: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { fwd_avx2(d, scale, qkv, bias, w, o, p) };
+        }
+        super::fwd_window(d, scale, qkv, bias, w, o, p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_avx2(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        grad: &[f32],
+        w: usize,
+        dq: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bwd_window(
+        d: &Dims,
+        scale: f32,
+        qkv: &[f32],
+        bias: Option<&[f32]>,
+        grad: &[f32],
+        w: usize,
+        dq: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { bwd_avx2(d, scale, qkv, bias, grad, w, dq, dbias, p, ds) };
+        }
+        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
+    }
+}
+
+/// Window `w`'s d_qkv rows (`dq`, N x 3C), adding its d_bias into `dbias` when there is a bias.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_window(
+    d: &Dims,
+    scale: f32,
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    grad: &[f32],
+    w: usize,
+    dq: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
+    p: &mut [f32],
+    ds: &mut [f32],
+) {
+    let (n, hd, c) = (d.n, d.head_dim, d.c());
+    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
+    let go = &grad[w * n * c..(w + 1) * n * c];
+    let gi = w % d.groups.max(1);
+    let ds = &mut ds[..n * n];
+    for h in 0..d.heads {
+        probs(d, scale, qkv, bias, w, h, p);
+        let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
+        let head = |off: usize| View::new(&rows[off..], 3 * c, 1);
+        let head_t = |off: usize| View::new(&rows[off..], 1, 3 * c);
+        let d_o = View::new(&go[h * hd..], c, 1);
+        // dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(dP * P)).
+        mm(n, hd, n, &mut dq[vo..], 3 * c, View::new(p, 1, n), d_o, 1.0);
+        mm(n, n, hd, ds, n, d_o, head_t(vo), 1.0);
+        for (dsi, pi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+            let rowdot = dot(dsi, pi);
+            dsi.iter_mut()
+                .zip(pi)
+                .for_each(|(s, &pij)| *s = pij * (*s - rowdot));
+        }
+        if let Some(dbias) = dbias.as_deref_mut() {
+            let db = &mut dbias[(gi * d.heads + h) * n * n..][..n * n];
+            db.iter_mut().zip(ds.iter()).for_each(|(a, b)| *a += b);
+        }
+        // dQ = scale dS K; dK = scale dS^T Q.
+        let dsv = View::new(ds, n, 1);
+        let dst = View::new(ds, 1, n);
+        mm(n, hd, n, &mut dq[qo..], 3 * c, dsv, head(ko), scale);
+        mm(n, hd, n, &mut dq[ko..], 3 * c, dst, head(qo), scale);
+    }
 }
 
 impl CustomOp2 for AttnFwd {
@@ -128,30 +364,13 @@ impl CustomOp2 for AttnFwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = self.d;
-        check(&d, l1, l2)?;
+        check(&d, l1, Some(l2))?;
         let (qkv, bias) = (
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let (n, hd, c) = (d.n, d.head_dim, d.c());
-        let mut out = vec![0f32; d.bw * n * c];
-        out.par_chunks_mut(n * c).enumerate().for_each_init(
-            || vec![0f32; n * n],
-            |p, (w, o)| {
-                let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
-                for h in 0..d.heads {
-                    probs(&d, self.scale, qkv, bias, w, h, p);
-                    for i in 0..n {
-                        let oi = &mut o[i * c + h * hd..i * c + (h + 1) * hd];
-                        for j in 0..n {
-                            let v = &rows[j * 3 * c + 2 * c + h * hd..][..hd];
-                            axpy(oi, p[i * n + j], v);
-                        }
-                    }
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), Shape::from((d.bw, n, c))))
+        let out = fwd_kernel(&d, self.scale, qkv, Some(bias));
+        Ok((CpuStorage::F32(out), Shape::from((d.bw, d.n, d.c()))))
     }
     fn bwd(
         &self,
@@ -192,14 +411,13 @@ impl CustomOp3 for AttnBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = self.d;
-        check(&d, l1, l2)?;
+        check(&d, l1, Some(l2))?;
         let qkv = f32_slice(s1, l1, self.name())?;
         let bias = f32_slice(s2, l2, self.name())?;
         let grad = f32_slice(s3, l3, self.name())?;
-        let (n, hd, c) = (d.n, d.head_dim, d.c());
+        let (n, c) = (d.n, d.c());
         let nb = bias.len();
         let mut dqkv = vec![0f32; qkv.len()];
-        let scale = self.scale;
         let partials: Vec<Vec<f32>> = dqkv
             .par_chunks_mut(WINDOWS_PER_PARTIAL * n * 3 * c)
             .enumerate()
@@ -209,40 +427,19 @@ impl CustomOp3 for AttnBwd {
                 let mut ds = vec![0f32; n * n];
                 for (k, dq) in dq_chunk.chunks_mut(n * 3 * c).enumerate() {
                     let w = chunk * WINDOWS_PER_PARTIAL + k;
-                    let rows = &qkv[w * n * 3 * c..(w + 1) * n * 3 * c];
-                    let go = &grad[w * n * c..(w + 1) * n * c];
-                    let gi = w % d.groups;
-                    for h in 0..d.heads {
-                        probs(&d, scale, qkv, bias, w, h, &mut p);
-                        let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
-                        // dP = dO v^T; dV += P^T dO; dS = P * (dP - rowsum(dP * P)).
-                        for i in 0..n {
-                            let doi = &go[i * c + h * hd..][..hd];
-                            let mut rowdot = 0f32;
-                            for j in 0..n {
-                                let v = &rows[j * 3 * c + vo..][..hd];
-                                let dp = dot(doi, v);
-                                ds[i * n + j] = dp;
-                                rowdot += dp * p[i * n + j];
-                                axpy(&mut dq[j * 3 * c + vo..][..hd], p[i * n + j], doi);
-                            }
-                            for j in 0..n {
-                                ds[i * n + j] = p[i * n + j] * (ds[i * n + j] - rowdot);
-                            }
-                        }
-                        let db = &mut dbias[(gi * d.heads + h) * n * n..][..n * n];
-                        db.iter_mut().zip(&ds).for_each(|(a, b)| *a += b);
-                        // dQ = scale dS K; dK = scale dS^T Q.
-                        for i in 0..n {
-                            for j in 0..n {
-                                let s = scale * ds[i * n + j];
-                                let k = &rows[j * 3 * c + ko..][..hd];
-                                axpy(&mut dq[i * 3 * c + qo..][..hd], s, k);
-                                let q = &rows[i * 3 * c + qo..][..hd];
-                                axpy(&mut dq[j * 3 * c + ko..][..hd], s, q);
-                            }
-                        }
-                    }
+                    let db = Some(dbias.as_mut_slice());
+                    simd::bwd_window(
+                        &d,
+                        self.scale,
+                        qkv,
+                        Some(bias),
+                        grad,
+                        w,
+                        dq,
+                        db,
+                        &mut p,
+                        &mut ds,
+                    );
                 }
                 dbias
             })
@@ -256,6 +453,118 @@ impl CustomOp3 for AttnBwd {
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+}
+
+/// Bias-free attention (ViT): one window of all tokens.
+struct GlobalFwd {
+    d: Dims,
+    scale: f32,
+}
+struct GlobalBwd {
+    d: Dims,
+    scale: f32,
+}
+
+impl CustomOp1 for GlobalFwd {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        check(&self.d, l, None)?;
+        let out = fwd_kernel(&self.d, self.scale, f32_slice(s, l, self.name())?, None);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((self.d.bw, self.d.n, self.d.c())),
+        ))
+    }
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let bwd = GlobalBwd {
+            d: self.d,
+            scale: self.scale,
+        };
+        Ok(Some(
+            qkv.detach()
+                .apply_op2_no_bwd(&g.detach().contiguous()?, &bwd)?,
+        ))
+    }
+}
+
+impl CustomOp2 for GlobalBwd {
+    fn name(&self) -> &'static str {
+        "attention-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.d;
+        check(&d, l1, None)?;
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let grad = f32_slice(s2, l2, self.name())?;
+        let (n, c) = (d.n, d.c());
+        let mut dqkv = vec![0f32; qkv.len()];
+        // No d_bias to sum: one task per window, each writes only its own rows.
+        dqkv.par_chunks_mut(n * 3 * c).enumerate().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(p, ds), (w, dq)| {
+                simd::bwd_window(&d, self.scale, qkv, None, grad, w, dq, None, p, ds)
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+/// softmax(scale * q k^T) v over all N tokens for `qkv` (B, N, 3C) laid out [q | k | v] (timm's
+/// qkv Linear output), split into `heads` heads. Returns (B, N, C), heads concatenated, read
+/// and written in place so the head split costs no permute copies.
+pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, n, c3) = qkv.dims3()?;
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        bail!(
+            "attention: qkv {:?} does not split into {heads} heads",
+            qkv.dims()
+        );
+    }
+    let c = c3 / 3;
+    let d = Dims {
+        bw: b,
+        n,
+        heads,
+        head_dim: c / heads,
+        groups: 1,
+    };
+    if use_fused(qkv) {
+        return qkv.contiguous()?.apply_op1(GlobalFwd {
+            d,
+            scale: scale as f32,
+        });
+    }
+    // Composed fallback (other devices / dtypes).
+    let (q, k, v) = split_heads(qkv, heads)?;
+    let p = softmax_rows(&(q.matmul(&k.t()?)? * scale)?)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))
+}
+
+/// q, k, v as contiguous (B, heads, N, hd).
+fn split_heads(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, n, c3) = qkv.dims3()?;
+    let t = qkv
+        .reshape((b, n, 3, heads, c3 / 3 / heads))?
+        .permute((2, 0, 3, 1, 4))?;
+    Ok((
+        t.get(0)?.contiguous()?,
+        t.get(1)?.contiguous()?,
+        t.get(2)?.contiguous()?,
+    ))
+}
+
+fn softmax_rows(s: &Tensor) -> Result<Tensor> {
+    let max = s.max_keepdim(D::Minus1)?;
+    let e = s.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// softmax(scale * q k^T + bias) v for `qkv` (BW, N, 3C) laid out [q | k | v], each split into
@@ -289,20 +598,15 @@ pub fn window_attention(qkv: &Tensor, bias: &Tensor, heads: usize, scale: f64) -
         );
     }
     // Composed fallback (other devices / dtypes).
-    let qkv = qkv
-        .reshape((bw, n, 3, heads, d.head_dim))?
-        .permute((2, 0, 3, 1, 4))?;
-    let q = qkv.get(0)?.contiguous()?;
-    let k = qkv.get(1)?.contiguous()?;
-    let v = qkv.get(2)?.contiguous()?;
+    let (q, k, v) = split_heads(qkv, heads)?;
     let s = (q.matmul(&k.t()?)? * scale)?
         .reshape((bw / groups, groups, heads, n, n))?
         .broadcast_add(bias)?
         .reshape((bw, heads, n, n))?;
-    let max = s.max_keepdim(D::Minus1)?;
-    let e = s.broadcast_sub(&max)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    p.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))
+    softmax_rows(&s)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((bw, n, c))
 }
 
 #[cfg(test)]
@@ -382,6 +686,58 @@ mod tests {
         );
         // Gradients are not trivially zero.
         assert!(max_abs_diff(&a.2, &a.2.zeros_like().unwrap()) > 1e-2);
+    }
+
+    /// ViT's attention as timm composes it: per-head q k^T, softmax, v.
+    fn composed_global(qkv: &Tensor, heads: usize, scale: f64) -> Tensor {
+        let (b, n, c3) = qkv.dims3().unwrap();
+        let t = qkv
+            .reshape((b, n, 3, heads, c3 / 3 / heads))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let q = t.get(0).unwrap().contiguous().unwrap();
+        let k = t.get(1).unwrap().contiguous().unwrap();
+        let v = t.get(2).unwrap().contiguous().unwrap();
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        candle_nn::ops::softmax(&s, D::Minus1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, n, c3 / 3))
+            .unwrap()
+    }
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = max_abs_diff(b, &b.zeros_like().unwrap());
+        max_abs_diff(a, b) / scale
+    }
+
+    #[test]
+    fn global_attention_matches_composed_values_and_gradients() {
+        // 3 images, 2 heads of 12, 17 tokens (odd: exercises the dot-product tails).
+        let (b, n, heads, hd) = (3, 17, 2, 12);
+        let qkv0 = randn(&[b, n, 3 * heads * hd], 4);
+        let w = randn(&[b, n, heads * hd], 5);
+        let scale = (hd as f64).powf(-0.5);
+        let fused = |x: &Tensor| attention(x, heads, scale).unwrap();
+        let comp = |x: &Tensor| composed_global(x, heads, scale);
+        let (ya, yb) = (fused(&qkv0), comp(&qkv0));
+        let (ga, gb) = (grad_of(fused, &qkv0, &w), grad_of(comp, &qkv0, &w));
+        assert!(rel_err(&ya, &yb) < 1e-4, "out {}", rel_err(&ya, &yb));
+        assert!(rel_err(&ga, &gb) < 1e-4, "dqkv {}", rel_err(&ga, &gb));
+        // q, k and v all receive gradient.
+        for part in 0..3 {
+            let g = ga.narrow(2, part * heads * hd, heads * hd).unwrap();
+            assert!(
+                max_abs_diff(&g, &g.zeros_like().unwrap()) > 1e-3,
+                "part {part}"
+            );
+        }
+        assert!(attention(&qkv0, 5, scale).is_err());
+        assert!(attention(&qkv0, 0, scale).is_err());
     }
 
     #[test]

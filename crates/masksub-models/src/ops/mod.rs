@@ -18,7 +18,7 @@ mod relu;
 mod rowwise;
 mod softmax;
 
-pub use attention::window_attention;
+pub use attention::{attention, window_attention};
 pub use batch_norm::{
     batch_norm_eval, batch_norm_train, batch_norm_train_composed, batch_norm_train_relu,
     channel_stats,
