@@ -140,7 +140,7 @@ fn rank_pid(tag: &str, rank: usize) -> Option<u32> {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let env = std::fs::read(e.path().join("environ")).ok()?;
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |s: &str| vars.iter().any(|v| *v == s.as_bytes());
+        let has = |s: &str| vars.contains(&s.as_bytes());
         let exe = std::fs::read_link(e.path().join("exe")).ok()?;
         (has(&want_tag) && has(&want_rank) && exe.ends_with("masksub")).then_some(pid)
     })
