@@ -8,10 +8,20 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// (name, file text) of every shipped recipe.
-const RECIPES: &[(&str, &str)] = &[(
-    "fmnist_vit_small",
-    include_str!("../../../recipes/fmnist_vit_small.toml"),
-)];
+const RECIPES: &[(&str, &str)] = &[
+    (
+        "fmnist_vit_small",
+        include_str!("../../../recipes/fmnist_vit_small.toml"),
+    ),
+    (
+        "fmnist_resnet_small",
+        include_str!("../../../recipes/fmnist_resnet_small.toml"),
+    ),
+    (
+        "fmnist_swin_small",
+        include_str!("../../../recipes/fmnist_swin_small.toml"),
+    ),
+];
 
 /// The shipped recipes' names.
 pub fn names() -> Vec<&'static str> {

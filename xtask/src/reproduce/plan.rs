@@ -28,11 +28,33 @@ const DEIT3_B: PaperRef = PaperRef {
 };
 
 /// CPU scale: small models on the Fashion-MNIST data in the repository.
-pub const CPU: &[Pair] = &[Pair {
-    name: "vit_small_fmnist",
-    recipe: "fmnist_vit_small",
-    paper: DEIT3_B,
-}];
+pub const CPU: &[Pair] = &[
+    Pair {
+        name: "vit_small_fmnist",
+        recipe: "fmnist_vit_small",
+        paper: DEIT3_B,
+    },
+    Pair {
+        name: "resnet_small_fmnist",
+        recipe: "fmnist_resnet_small",
+        paper: PaperRef {
+            setting: "ResNet-50 RSB A2",
+            baseline: None,
+            masksub: None,
+            gain: 0.3,
+        },
+    },
+    Pair {
+        name: "swin_small_fmnist",
+        recipe: "fmnist_swin_small",
+        paper: PaperRef {
+            setting: "Swin-T",
+            baseline: None,
+            masksub: None,
+            gain: 0.1,
+        },
+    },
+];
 
 /// Paper scale: the paper's recipes on ImageNet shards.
 pub const PAPER: &[Pair] = &[
