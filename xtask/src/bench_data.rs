@@ -3,6 +3,7 @@
 //! progressive as shipped, and re-encoded as baseline JPEG like most ImageNet files), 1 and 2
 //! threads, alternating rounds, medians; writes the "Data pipeline" section of BENCHMARKS.md.
 
+use crate::common::{capture, median, repo_root};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::{Path, PathBuf};
@@ -23,13 +24,6 @@ pub struct Args {
     rounds: usize,
     #[arg(long, default_value = "BENCHMARKS.md")]
     file: PathBuf,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap_or_else(|_| PathBuf::from(".."))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -58,16 +52,11 @@ fn rates(path: &Path) -> Result<Vec<(u64, f64)>> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn run_bench(a: Args) -> Result<()> {
     if a.rounds == 0 {
         bail!("--rounds must be positive");
     }
-    let root = root();
+    let root = repo_root();
     let photos = root.join("target/foolbox/x/foolbox/data");
     if !photos.join("imagenet_00_243.jpg").is_file() {
         bail!(
@@ -151,7 +140,7 @@ pub fn run_bench(a: Args) -> Result<()> {
             }
         }
         for t in 0..2 {
-            let (m, p) = (median(ours[t].clone()), median(theirs[t].clone()));
+            let (m, p) = (median(&ours[t]), median(&theirs[t]));
             table.push_str(&format!(
                 "| {label} | {} | {m:.1} | {p:.1} | {:.2}x |\n",
                 t + 1,
@@ -193,13 +182,4 @@ pub fn run_bench(a: Args) -> Result<()> {
     print!("{table}");
     println!("-> {}", path.display());
     Ok(())
-}
-
-fn capture(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
 }

@@ -54,7 +54,8 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn capture(cmd: &str, args: &[&str]) -> String {
+/// A command's trimmed stdout, empty when it cannot run.
+pub fn capture(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
