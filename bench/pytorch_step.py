@@ -4,8 +4,9 @@ step as `masksub bench train`, timed the same way.
 
 It reads the JSON report `masksub bench train --json` wrote (model spec, recipe, batch size,
 sub-model), builds the same architecture with timm, and runs the MaskSub step of the paper:
-main pass, teacher = softmax(z).detach(), backward of 0.5*main, sub pass on the token-dropped
-batch (kept tokens per sample, cls kept, after the position embedding), backward of 0.5*sub,
+main pass, teacher = softmax(z).detach(), backward of 0.5*main, sub pass on the masked batch
+(ViT: kept tokens per sample, cls kept, after the position embedding; ResNet: zeroed pixel
+patches; Swin: hidden units replaced by a mask token after patch_embed), backward of 0.5*sub,
 optional clipping of the summed gradient, one AdamW step. Synthetic N(0,1) inputs, as masksub.
 
     python3 bench/pytorch_step.py --masksub-report r.json --threads 2 --json out.json
@@ -31,16 +32,83 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "parity")
 from make_fixtures import masked_forward  # noqa: E402
 
 
-def build(spec: dict) -> torch.nn.Module:
+def random_unit_mask(b: int, g: int, ratio: float) -> torch.Tensor:
+    """(b, g, g) float mask, 1 = hidden: per sample, all but floor(g*g*(1-ratio)) units hidden."""
+    n = g * g
+    hidden = n - int(n * (1.0 - ratio))
+    order = torch.argsort(torch.rand(b, n), dim=1)
+    m = torch.zeros(b, n)
+    m.scatter_(1, order[:, :hidden], 1.0)
+    return m.view(b, g, g)
+
+
+def upsample(mask: torch.Tensor, u: int) -> torch.Tensor:
+    return mask.repeat_interleave(u, 1).repeat_interleave(u, 2)
+
+
+class MaskedSwin(torch.nn.Module):
+    """timm's SwinTransformer plus masksub's mask token (replaces hidden units after patch_embed)."""
+
+    def __init__(self, arch: dict):
+        super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
+
+        self.unit = arch.pop("mask_unit")
+        eps = arch.pop("layer_norm_eps")
+        assert eps == 1e-5, eps  # timm's LayerNorm default
+        self.swin = SwinTransformer(**arch)
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, 1, arch["embed_dim"]))
+
+    def no_weight_decay(self):
+        return {"swin." + n for n in self.swin.no_weight_decay()} | {"mask_token"}
+
+    def forward(self, x, unit_mask=None):
+        t = self.swin.patch_embed(x)  # (B, H, W, C)
+        if unit_mask is not None:
+            w = upsample(unit_mask, self.unit).unsqueeze(-1)
+            t = t * (1.0 - w) + w * self.mask_token
+        return self.swin.forward_head(self.swin.norm(self.swin.layers(t)))
+
+
+def build(spec: dict, ratio: float):
+    """The timm model of masksub's spec and its sub-pass forward `sub(model, x)` at `ratio`."""
     arch = dict(spec["arch"])
     family = arch.pop("family")
-    if family != "vit":
-        raise SystemExit(f"pytorch_step.py: family `{family}` is not mapped yet")
-    from timm.models.vision_transformer import VisionTransformer
-    from functools import partial
+    if family == "vit":
+        from timm.models.vision_transformer import VisionTransformer
+        from functools import partial
 
-    eps = arch.pop("layer_norm_eps")
-    return VisionTransformer(norm_layer=partial(torch.nn.LayerNorm, eps=eps), **arch)
+        eps = arch.pop("layer_norm_eps")
+        model = VisionTransformer(norm_layer=partial(torch.nn.LayerNorm, eps=eps), **arch)
+        n_tokens = (arch["img_size"] // arch["patch_size"]) ** 2
+        keep_n = int(n_tokens * (1.0 - ratio))
+
+        def sub(m, x):
+            keep = torch.argsort(torch.rand(x.shape[0], n_tokens), dim=1)[:, :keep_n]
+            return masked_forward(m, x, keep)
+        return model, sub
+    if family == "resnet":
+        from timm.models.resnet import ResNet, BasicBlock, Bottleneck
+
+        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[arch["block"]]
+        model = ResNet(block=block, layers=arch["layers"], channels=arch["channels"],
+                       in_chans=arch["in_chans"], num_classes=arch["num_classes"],
+                       drop_path_rate=arch["drop_path_rate"], zero_init_last=arch["zero_init_last"])
+        p = arch["mask_patch_size"]
+        g = arch["img_size"] // p
+
+        def sub(m, x):  # zero hidden pixel patches, BatchNorm stays in train mode
+            pix = upsample(random_unit_mask(x.shape[0], g, ratio), p).unsqueeze(1)
+            return m(x * (1.0 - pix))
+        return model, sub
+    if family == "swin":
+        model = MaskedSwin(arch)
+        g = arch["img_size"] // arch["patch_size"] // model.unit
+
+        def sub(m, x):
+            return m(x, random_unit_mask(x.shape[0], g, ratio))
+        return model, sub
+    raise SystemExit(f"pytorch_step.py: family `{family}` is not mapped")
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -73,7 +141,9 @@ def main() -> int:
     recipe, spec = rep["recipe"], rep["spec"]
     if recipe["opt"] != "adamw" or recipe["loss"] != "soft_ce":
         raise SystemExit("pytorch_step.py runs the AdamW + soft-target CE recipe only")
-    model = build(spec).train()
+    sub = rep["sub"]
+    model, sub_forward = build(spec, sub.get("ratio", 0.5))
+    model.train()
     n_params = sum(p.numel() for p in model.parameters())
     if n_params != rep["params"]:
         raise SystemExit(f"timm model has {n_params} parameters, masksub's {rep['params']}: configs differ")
@@ -91,9 +161,6 @@ def main() -> int:
         betas=(recipe["beta1"], recipe["beta2"]),
         eps=recipe["eps"] if recipe["eps"] is not None else 1e-8,
     )
-    sub = rep["sub"]
-    n_tokens = (s // arch["patch_size"]) ** 2
-    keep_n = int(n_tokens * (1.0 - sub["ratio"])) if sub["kind"] == "masking" else n_tokens
     clip = recipe["clip_grad"]
 
     phases = {k: [] for k in ("main_forward", "main_backward", "sub_forward", "sub_backward", "optimizer")}
@@ -109,8 +176,7 @@ def main() -> int:
             (0.5 * main).backward()
             del z
             t2 = time.perf_counter()
-            keep = torch.argsort(torch.rand(b, n_tokens), dim=1)[:, :keep_n]
-            zs = masked_forward(model, x, keep)
+            zs = sub_forward(model, x)
             sub_loss = soft_ce(zs, teacher)
             sub_loss.item()
             t3 = time.perf_counter()

@@ -31,11 +31,13 @@ pub struct Args {
 }
 
 /// (model, batch size): the configurations of issue 6.
-const CONFIGS: [(&str, usize); 4] = [
+const CONFIGS: [(&str, usize); 6] = [
     ("vit_fmnist_small", 128),
     ("vit_tiny_patch16_224", 8),
     ("vit_tiny_patch16_224", 32),
     ("deit3_small_patch16_224", 8),
+    ("resnet18", 8),
+    ("swin_tiny_patch4_window7_224", 8),
 ];
 
 #[derive(Default)]
@@ -156,7 +158,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let body = format!(
         "## Training speed vs PyTorch (`cargo xtask bench`)\n\n\
-         One training step (AdamW, soft-target CE, smoothing 0.1; MaskSub r = 0.5 drops half the patch tokens in the sub pass) \
+         One training step (AdamW, soft-target CE, smoothing 0.1; MaskSub r = 0.5 in the sub pass: ViT drops half the patch tokens, ResNet zeroes half of the 32 px patches, \
+         Swin replaces half of the 8x8-token units by the mask token) \
          on synthetic N(0,1) batches, f32, CPU, {} threads for both; masksub = `masksub bench train`, PyTorch = `bench/pytorch_step.py` \
          (eager, {torch_version}), same model config (parameter counts checked equal). {} alternating rounds of {} timed steps after {} warm-up; \
          medians. Ratio = masksub img/s / PyTorch img/s (above 1: masksub is faster). Peak RSS of the whole process.\n\n\
