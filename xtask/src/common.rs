@@ -5,6 +5,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The final weights a `masksub train` run folder holds (masksub-cli's checkpoint::WEIGHTS_FILE).
+pub const WEIGHTS_FILE: &str = "last.safetensors";
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -7,20 +7,32 @@ use crate::TrainConfig;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// (name, file text) of every shipped recipe.
-const RECIPES: &[(&str, &str)] = &[
-    (
-        "fmnist_vit_small",
-        include_str!("../../../recipes/fmnist_vit_small.toml"),
-    ),
-    (
-        "fmnist_resnet_small",
-        include_str!("../../../recipes/fmnist_resnet_small.toml"),
-    ),
-    (
-        "fmnist_swin_small",
-        include_str!("../../../recipes/fmnist_swin_small.toml"),
-    ),
+/// `(name, text)` of shipped recipes, each from `recipes/<name>.toml`.
+macro_rules! recipes {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../../recipes/", $name, ".toml")))),*]
+    };
+}
+
+/// (name, file text) of every shipped recipe: CPU scale (Fashion-MNIST) first, then the
+/// paper's ImageNet recipes.
+const RECIPES: &[(&str, &str)] = recipes![
+    "fmnist_vit_small",
+    "fmnist_resnet_small",
+    "fmnist_swin_small",
+    "deit3_vit_s_400ep",
+    "deit3_vit_s_ft224",
+    "deit3_vit_b_400ep",
+    "deit3_vit_b_800ep",
+    "deit3_vit_b_ft224",
+    "mae_ft_vit_b",
+    "clip_ft_vit_b",
+    "swin_tiny_300ep",
+    "swin_small_300ep",
+    "swin_base_300ep",
+    "rsb_a2_resnet50",
+    "rsb_a2_resnet101",
+    "rsb_a2_resnet152",
 ];
 
 /// The shipped recipes' names.
@@ -75,11 +87,9 @@ mod tests {
         for name in names() {
             let cfg = by_name(name).unwrap();
             assert!(cfg.epochs > 0, "{name}");
-            assert!(
-                masksub_models::registry::lookup(&cfg.model).is_ok(),
-                "{name}: {}",
-                cfg.model
-            );
+            let spec = masksub_models::registry::lookup(&cfg.model)
+                .and_then(|s| s.with_kwargs(&cfg.model_kwargs));
+            assert!(spec.is_ok(), "{name}: {} {:?}", cfg.model, spec.err());
             assert!(summary(name).is_some_and(|s| !s.is_empty()), "{name}");
         }
         let vit = by_name("fmnist_vit_small").unwrap();
@@ -87,6 +97,42 @@ mod tests {
             (vit.model.as_str(), vit.epochs, vit.batch_size),
             ("vit_fmnist_small", 5, 64)
         );
+    }
+
+    #[test]
+    fn paper_recipes_carry_the_papers_settings() {
+        use masksub_core::{LossKind, OptimizerKind};
+        let d = by_name("deit3_vit_b_400ep").unwrap();
+        assert_eq!(
+            (d.opt, d.loss, d.repeats, d.epochs),
+            (OptimizerKind::Lamb, LossKind::Bce, 3, 400)
+        );
+        assert!(d.image_aug.three_augment && d.image_aug.crop_pct == 1.0);
+        let spec = masksub_models::registry::lookup(&d.model)
+            .and_then(|s| s.with_kwargs(&d.model_kwargs))
+            .unwrap();
+        assert_eq!(spec.arch.config().input_shape(), (3, 192, 192));
+        let mae = by_name("mae_ft_vit_b").unwrap();
+        assert!(mae.pretrained && mae.layer_decay == Some(0.65));
+        assert_eq!(
+            mae.image_aug.auto_augment.as_deref(),
+            Some("rand-m9-mstd0.5-inc1")
+        );
+        let swin = by_name("swin_small_300ep").unwrap();
+        assert_eq!(
+            (swin.clip_grad, swin.drop_path, swin.warmup_epochs),
+            (Some(5.0), Some(0.3), 20.0)
+        );
+        let rsb = by_name("rsb_a2_resnet101").unwrap();
+        assert_eq!(
+            (rsb.opt, rsb.lr, rsb.mixup.map(|m| m.mixup_alpha)),
+            (OptimizerKind::Lamb, 5e-3, Some(0.1))
+        );
+        for name in names().into_iter().filter(|n| !n.starts_with("fmnist")) {
+            let cfg = by_name(name).unwrap();
+            assert!(cfg.data.to_string_lossy().starts_with("hf://"), "{name}");
+            assert_eq!(cfg.sub.ratio(), Some(0.5), "{name}");
+        }
     }
 
     #[test]

@@ -34,6 +34,26 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// x W^T without the bias, and the bias: for a caller that fuses the bias into the next op.
+    fn forward_unbiased(&self, x: &Tensor) -> Result<(Tensor, Option<&Tensor>)> {
+        let dims = x.dims();
+        let Some(&in_dim) = dims.last() else {
+            candle_core::bail!("linear: scalar input")
+        };
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = ops::linear(&x.reshape((rows, in_dim))?, &self.weight, None)?;
+        Ok((y.reshape(self.out_dims(dims)?)?, self.bias.as_ref()))
+    }
+
+    fn out_dims(&self, in_dims: &[usize]) -> Result<Vec<usize>> {
+        let mut out = in_dims.to_vec();
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        Ok(out)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
@@ -41,15 +61,12 @@ impl Module for Linear {
             candle_core::bail!("linear: scalar input")
         };
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => ops::add_rows(&y, b)?,
-            None => y,
-        };
-        let mut out = dims.to_vec();
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        let y = ops::linear(
+            &x.reshape((rows, in_dim))?,
+            &self.weight,
+            self.bias.as_ref(),
+        )?;
+        y.reshape(self.out_dims(dims)?)
     }
 }
 
@@ -93,9 +110,19 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// GELU(fc1(x)), with fc1's bias fused into the activation.
+    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fc1.forward_unbiased(x)? {
+            (h, Some(b)) => ops::bias_gelu_erf(&h, b),
+            (h, None) => ops::gelu_erf(&h),
+        }
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&ops::gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.hidden(x)?)
     }
 }
 
@@ -107,7 +134,7 @@ impl Mlp {
         rate: f64,
         rng: &Mutex<ChaCha8Rng>,
     ) -> Result<Tensor> {
-        let h = dropout(&ops::gelu_erf(&self.fc1.forward(x)?)?, rate, rng)?;
+        let h = dropout(&self.hidden(x)?, rate, rng)?;
         dropout(&self.fc2.forward(&h)?, rate, rng)
     }
 }

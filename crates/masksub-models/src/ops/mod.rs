@@ -5,19 +5,6 @@
 //! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
 //! primitives, which autograd differentiates.
 
-mod attention;
-mod batch_norm;
-mod conv;
-mod depthwise_conv;
-mod fast_math;
-mod gelu;
-mod layer_norm;
-mod max_pool;
-mod permute_tokens;
-mod relu;
-mod rowwise;
-mod softmax;
-
 pub use attention::{attention, window_attention};
 pub use batch_norm::{
     batch_norm_eval, batch_norm_train, batch_norm_train_composed, batch_norm_train_relu,
@@ -25,8 +12,9 @@ pub use batch_norm::{
 };
 pub use conv::conv2d;
 pub use depthwise_conv::depthwise_conv2d;
-pub use gelu::gelu_erf;
+pub use gelu::{bias_gelu_erf, gelu_erf};
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use max_pool::{max_pool2d, max_pool2d_composed, Pool2d};
 pub use permute_tokens::TokenPermutation;
 pub use relu::{add_relu, relu};
@@ -34,6 +22,78 @@ pub use rowwise::{add_rows, mul_rows};
 pub use softmax::{softmax_last_dim, softmax_scaled};
 
 use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
+
+/// `fn name(args) body`, compiled three times — for AVX-512, for AVX2 + FMA and for the
+/// baseline target — and dispatched on the CPU's features at run time, so element loops
+/// vectorize to the widest registers the machine has while the binary stays portable.
+/// The arithmetic is the same in every version (Rust never contracts a * b + c into an FMA
+/// by itself), so results are bitwise equal whichever runs.
+macro_rules! simd_kernel {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn imp($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn v4($($a: $t),*) {
+                    imp($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($a: $t),*) {
+                    imp($($a),*)
+                }
+                if $crate::ops::cpu_level() >= 4 {
+                    // SAFETY: cpu_level checked the features v4 was compiled for.
+                    return unsafe { v4($($a),*) };
+                }
+                if $crate::ops::cpu_level() >= 3 {
+                    // SAFETY: as above, for v3's.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            imp($($a),*)
+        }
+    };
+}
+
+/// 4 = AVX-512 (F, VL, BW, DQ), 3 = AVX2 + FMA, 0 = neither; detected once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn cpu_level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let v3 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        let v4 = v3
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq");
+        if v4 {
+            4
+        } else if v3 {
+            3
+        } else {
+            0
+        }
+    })
+}
+
+mod attention;
+mod batch_norm;
+mod conv;
+mod depthwise_conv;
+mod fast_math;
+mod gelu;
+mod layer_norm;
+mod linear;
+mod max_pool;
+mod permute_tokens;
+mod relu;
+mod rowwise;
+mod softmax;
 
 /// Rows per rayon task: keeps tasks large enough that scheduling is noise.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -71,6 +131,19 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a 
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{op}: input must be contiguous"),
     }
+}
+
+/// An output buffer of `n` f32 that `fill` writes completely, without zeroing it first (a
+/// zeroing pass costs as much memory traffic as an elementwise kernel's write).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+unsafe fn filled_vec(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's contract: all n elements were written.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Whether the fused CPU kernel applies.
