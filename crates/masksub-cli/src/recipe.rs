@@ -95,7 +95,7 @@ mod tests {
         let vit = by_name("fmnist_vit_small").unwrap();
         assert_eq!(
             (vit.model.as_str(), vit.epochs, vit.batch_size),
-            ("vit_fmnist_small", 5, 64)
+            ("vit_fmnist_small", 16, 64)
         );
     }
 

@@ -171,9 +171,9 @@ impl SwinBlock {
             Some(p) => p.apply_inverse(&h)?,
             None => h,
         };
-        let x = (x + self.drop_path.forward(&h, train, rng)?)?;
+        let x = ops::add(x, &self.drop_path.forward(&h, train, rng)?)?;
         let h = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        x + self.drop_path.forward(&h, train, rng)?
+        ops::add(&x, &self.drop_path.forward(&h, train, rng)?)
     }
 }
 

@@ -314,7 +314,7 @@ impl Block {
         };
         let attn = layers::dropout(&self.attn.forward(&self.norm1.forward(x)?)?, dropout, rng)?;
         let y = scaled(&self.ls1, attn)?;
-        let x = (x + self.drop_path.forward_at(&y, drop_path, train, rng)?)?;
+        let x = ops::add(x, &self.drop_path.forward_at(&y, drop_path, train, rng)?)?;
         let h = self.norm2.forward(&x)?;
         let mlp = if dropout > 0.0 {
             self.mlp.forward_dropout(&h, dropout, rng)?
@@ -322,7 +322,7 @@ impl Block {
             self.mlp.forward(&h)?
         };
         let y = scaled(&self.ls2, mlp)?;
-        x + self.drop_path.forward_at(&y, drop_path, train, rng)?
+        ops::add(&x, &self.drop_path.forward_at(&y, drop_path, train, rng)?)
     }
 }
 

@@ -280,7 +280,7 @@ fn recipe_cost(bin: &Path, scale: Scale, recipe: &str) -> Result<(String, f64, f
     let (main, sub) = flops.unwrap_or((f64::NAN, f64::NAN));
     let per_arm = |g: f64| 3.0 * g * 1e9 * images * epochs;
     let line = format!(
-        "recipe {recipe} (model {}, {} epochs x {images:.0} images, batch {}, {main:.2} + {sub:.2} GFLOPs/img)",
+        "recipe {recipe} (model {}, {} epochs x {images:.0} images, batch {}, {main:.4} + {sub:.4} GFLOPs/img)",
         field("model"),
         field("epochs"),
         field("batch_size"),

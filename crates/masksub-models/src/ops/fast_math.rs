@@ -28,12 +28,20 @@ pub fn exp(x: f32) -> f32 {
 /// erf(x).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_and_gauss(x).0
+}
+
+/// (erf(x), e^(-x^2)): the Gaussian factor the erf approximation multiplies by, for callers
+/// that need it too.
+#[inline(always)]
+pub fn erf_and_gauss(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * exp(-a * a)).copysign(x)
+    let e = exp(-a * a);
+    ((1.0 - poly * e).copysign(x), e)
 }
 
 #[cfg(test)]

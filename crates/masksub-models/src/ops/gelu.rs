@@ -1,6 +1,6 @@
 //! GELU with the exact erf form (PyTorch's `nn.GELU()` default, used by timm).
 
-use super::fast_math::{erf, exp};
+use super::fast_math::{erf, erf_and_gauss};
 use super::{f32_slice, filled_vec, use_fused, MIN_ROWS_PER_TASK};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
@@ -18,9 +18,12 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
+/// GELU'(x) = Phi(x) + x phi(x); phi's exp(-x^2 / 2) is the one erf(x / sqrt 2) needs, so it
+/// is computed once.
 #[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
-    0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    let (erf, e) = erf_and_gauss(x * FRAC_1_SQRT_2);
+    0.5 * (1.0 + erf) + x * INV_SQRT_2PI * e
 }
 
 simd_kernel! {

@@ -85,11 +85,12 @@ fn gemm_out(
     let mut v: Vec<f32> = Vec::with_capacity(m * n);
     let dst = &mut v.spare_capacity_mut()[..m * n];
     if let Some(row) = init {
-        for d in dst.chunks_mut(n) {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(n).with_min_len(64).for_each(|d| {
             d.iter_mut().zip(row).for_each(|(d, &b)| {
                 d.write(b);
-            });
-        }
+            })
+        });
     }
     run(dst, init.is_some());
     // SAFETY: gemm wrote all m * n elements (and with `init` they were written before).

@@ -5,6 +5,7 @@
 //! forward AND backward (rayon over rows); other devices and dtypes use a composition of candle
 //! primitives, which autograd differentiates.
 
+pub use add::add;
 pub use attention::{attention, window_attention};
 pub use batch_norm::{
     batch_norm_eval, batch_norm_train, batch_norm_train_composed, batch_norm_train_relu,
@@ -81,6 +82,7 @@ pub(crate) fn cpu_level() -> u8 {
     })
 }
 
+mod add;
 mod attention;
 mod batch_norm;
 mod conv;
