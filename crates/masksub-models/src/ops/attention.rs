@@ -223,85 +223,42 @@ fn fwd_window(
     }
 }
 
-/// The per-window kernels built for AVX2 when the CPU has it: the crate targets baseline
-/// x86-64, where these loops only get 4-wide SSE. Same operations in the same order (no FMA
-/// contraction), so both paths give the same bits.
+/// The per-window kernels built for AVX-512 / AVX2 + FMA when the CPU has them (the crate
+/// targets baseline x86-64, where these loops only get 4-wide SSE). Same operations in the
+/// same order (no FMA contraction), so every path gives the same bits.
 mod simd {
     use super::Dims;
 
-    #[cfg(target_arch = "x86_64")]
-    fn has_avx2() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn fwd_avx2(
-        d: &Dims,
-        scale: f32,
-        qkv: &[f32],
-        bias: Option<&[f32]>,
-        w: usize,
-        o: &mut [f32],
-        p: &mut [f32],
-    ) {
-        super::fwd_window(d, scale, qkv, bias, w, o, p)
-    }
-
-    pub(super) fn fwd_window(
-        d: &Dims,
-        scale: f32,
-        qkv: &[f32],
-        bias: Option<&[f32]>,
-        w: usize,
-        o: &mut [f32],
-        p: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { fwd_avx2(d, scale, qkv, bias, w, o, p) };
+    simd_kernel! {
+        pub(super) fn fwd_window(
+            d: &Dims,
+            scale: f32,
+            qkv: &[f32],
+            bias: Option<&[f32]>,
+            w: usize,
+            o: &mut [f32],
+            p: &mut [f32],
+        ) {
+            super::fwd_window(d, scale, qkv, bias, w, o, p)
         }
-        super::fwd_window(d, scale, qkv, bias, w, o, p)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    fn bwd_avx2(
-        d: &Dims,
-        scale: f32,
-        qkv: &[f32],
-        bias: Option<&[f32]>,
-        grad: &[f32],
-        w: usize,
-        dq: &mut [f32],
-        dbias: Option<&mut [f32]>,
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn bwd_window(
-        d: &Dims,
-        scale: f32,
-        qkv: &[f32],
-        bias: Option<&[f32]>,
-        grad: &[f32],
-        w: usize,
-        dq: &mut [f32],
-        dbias: Option<&mut [f32]>,
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { bwd_avx2(d, scale, qkv, bias, grad, w, dq, dbias, p, ds) };
+    simd_kernel! {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn bwd_window(
+            d: &Dims,
+            scale: f32,
+            qkv: &[f32],
+            bias: Option<&[f32]>,
+            grad: &[f32],
+            w: usize,
+            dq: &mut [f32],
+            dbias: Option<&mut [f32]>,
+            p: &mut [f32],
+            ds: &mut [f32],
+        ) {
+            super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
         }
-        super::bwd_window(d, scale, qkv, bias, grad, w, dq, dbias, p, ds)
     }
 }
 

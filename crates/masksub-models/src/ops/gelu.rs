@@ -27,17 +27,22 @@ fn gelu_grad(x: f32) -> f32 {
 }
 
 simd_kernel! {
-    /// y = GELU(x + b) for the rows of x (b spans a row; empty b = no bias).
+    /// y = GELU(x + b) for the rows of x (b spans a row; empty b = no bias). Plain index
+    /// loops: iterator adaptors over row chunks compile to out-of-line folds that miss the
+    /// kernel's target features.
     fn gelu_rows(y: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
-        if b.is_empty() {
-            for (y, &x) in y.iter_mut().zip(x) {
-                y.write(gelu(x));
-            }
-            return;
-        }
-        for (y, x) in y.chunks_mut(b.len()).zip(x.chunks(b.len())) {
-            for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                y.write(gelu(x + b));
+        let k = if b.is_empty() { x.len() } else { b.len() };
+        for r in 0..x.len() / k.max(1) {
+            let (y, x) = (&mut y[r * k..(r + 1) * k], &x[r * k..(r + 1) * k]);
+            if b.is_empty() {
+                for j in 0..k {
+                    y[j].write(gelu(x[j]));
+                }
+            } else {
+                let b = &b[..k];
+                for j in 0..k {
+                    y[j].write(gelu(x[j] + b[j]));
+                }
             }
         }
     }
@@ -46,16 +51,19 @@ simd_kernel! {
 simd_kernel! {
     /// d = g * GELU'(x + b) for the rows of x (empty b = no bias).
     fn gelu_grad_rows(d: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32], g: &[f32]) {
-        if b.is_empty() {
-            for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                d.write(g * gelu_grad(x));
-            }
-            return;
-        }
-        let k = b.len();
-        for ((d, x), g) in d.chunks_mut(k).zip(x.chunks(k)).zip(g.chunks(k)) {
-            for (((d, &x), &b), &g) in d.iter_mut().zip(x).zip(b).zip(g) {
-                d.write(g * gelu_grad(x + b));
+        let k = if b.is_empty() { x.len() } else { b.len() };
+        for r in 0..x.len() / k.max(1) {
+            let span = r * k..(r + 1) * k;
+            let (d, x, g) = (&mut d[span.clone()], &x[span.clone()], &g[span]);
+            if b.is_empty() {
+                for j in 0..k {
+                    d[j].write(g[j] * gelu_grad(x[j]));
+                }
+            } else {
+                let b = &b[..k];
+                for j in 0..k {
+                    d[j].write(g[j] * gelu_grad(x[j] + b[j]));
+                }
             }
         }
     }

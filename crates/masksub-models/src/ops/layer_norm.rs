@@ -18,12 +18,59 @@ struct LnBwdParams {
 }
 
 /// Mean and 1/std of one row (two-pass variance, as PyTorch computes it).
-#[inline]
+#[inline(always)]
 fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_kernel! {
+    /// One row of the forward: y = xhat * w + b.
+    fn fwd_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let (mean, rstd) = stats(x, eps);
+        let d = x.len();
+        let (y, w, b) = (&mut y[..d], &w[..d], &b[..d]);
+        for i in 0..d {
+            y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+        }
+    }
+}
+
+simd_kernel! {
+    /// One row of dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w.
+    fn bwd_input_row(dx: &mut [f32], x: &[f32], w: &[f32], g: &[f32], eps: f32) {
+        let (mean, rstd) = stats(x, eps);
+        let d = x.len();
+        let (dx, w, g) = (&mut dx[..d], &w[..d], &g[..d]);
+        let (mut s_gw, mut s_gwx) = (0f32, 0f32);
+        for i in 0..d {
+            let gw = g[i] * w[i];
+            s_gw += gw;
+            s_gwx += gw * (x[i] - mean) * rstd;
+        }
+        let (m_gw, m_gwx) = (s_gw / d as f32, s_gwx / d as f32);
+        for i in 0..d {
+            let xhat = (x[i] - mean) * rstd;
+            dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
+        }
+    }
+}
+
+simd_kernel! {
+    /// One row's contribution to (dw, db): acc[..d] += g * xhat, acc[d..] += g.
+    fn bwd_params_row(acc: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+        let (mean, rstd) = stats(x, eps);
+        let d = x.len();
+        let g = &g[..d];
+        let (dw, db) = acc.split_at_mut(d);
+        let (dw, db) = (&mut dw[..d], &mut db[..d]);
+        for i in 0..d {
+            dw[i] += g[i] * (x[i] - mean) * rstd;
+            db[i] += g[i];
+        }
+    }
 }
 
 fn dim_of(l: &Layout, op: &'static str) -> Result<usize> {
@@ -60,15 +107,11 @@ impl CustomOp3 for LnFwd {
             );
         }
         let mut y = vec![0f32; x.len()];
+        let eps = self.eps;
         y.par_chunks_mut(d)
             .zip(x.par_chunks(d))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(y, x)| {
-                let (mean, rstd) = stats(x, self.eps);
-                for i in 0..d {
-                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                }
-            });
+            .for_each(|(y, x)| fwd_row(y, x, w, b, eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -108,23 +151,11 @@ impl CustomOp3 for LnBwdInput {
         );
         let d = dim_of(l1, self.name())?;
         let mut dx = vec![0f32; x.len()];
+        let eps = self.eps;
         dx.par_chunks_mut(d)
             .zip(x.par_chunks(d).zip(g.par_chunks(d)))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|(dx, (x, g))| {
-                let (mean, rstd) = stats(x, self.eps);
-                let (mut s_gw, mut s_gwx) = (0f32, 0f32);
-                for i in 0..d {
-                    let gw = g[i] * w[i];
-                    s_gw += gw;
-                    s_gwx += gw * (x[i] - mean) * rstd;
-                }
-                let (m_gw, m_gwx) = (s_gw / d as f32, s_gwx / d as f32);
-                for i in 0..d {
-                    let xhat = (x[i] - mean) * rstd;
-                    dx[i] = rstd * (g[i] * w[i] - m_gw - xhat * m_gwx);
-                }
-            });
+            .for_each(|(dx, (x, g))| bwd_input_row(dx, x, w, g, eps));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -146,13 +177,9 @@ impl CustomOp2 for LnBwdParams {
             f32_slice(s2, l2, self.name())?,
         );
         let d = dim_of(l1, self.name())?;
+        let eps = self.eps;
         let sums = col_sums(x.len() / d, 2 * d, |r, acc| {
-            let (x, g) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-            let (mean, rstd) = stats(x, self.eps);
-            for i in 0..d {
-                acc[i] += g[i] * (x[i] - mean) * rstd;
-                acc[d + i] += g[i];
-            }
+            bwd_params_row(acc, &x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d], eps)
         });
         Ok((CpuStorage::F32(sums), Shape::from((2, d))))
     }
