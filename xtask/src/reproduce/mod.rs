@@ -394,3 +394,38 @@ pub fn run(a: Args) -> Result<()> {
     println!("-> {}", out.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_stage_pair_is_read_from_its_fine_tune_folder() {
+        let root = Path::new("/r");
+        let deit = plan::PAPER[0];
+        assert_eq!(deit.finetune, Some("deit3_vit_b_ft224"));
+        assert_eq!(
+            result_dir(root, &deit, "masksub", 2),
+            Path::new("/r/deit3_vit_b_400ep/masksub-seed2-ft")
+        );
+        let vit = plan::CPU[0];
+        assert_eq!(
+            result_dir(root, &vit, "baseline", 0),
+            Path::new("/r/vit_small_fmnist/baseline-seed0")
+        );
+    }
+
+    #[test]
+    fn every_pair_names_a_shipped_recipe_file() {
+        let recipes = repo_root().join("recipes");
+        for p in plan::CPU.iter().chain(plan::PAPER) {
+            for r in std::iter::once(p.recipe).chain(p.finetune) {
+                assert!(
+                    recipes.join(format!("{r}.toml")).is_file(),
+                    "{}: {r}",
+                    p.name
+                );
+            }
+        }
+    }
+}

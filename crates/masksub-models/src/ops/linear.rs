@@ -33,35 +33,52 @@ fn gemm_into(
             && fits(rhs.len(), rhs_strides, k, n),
         "linear: gemm operands do not match their shapes"
     );
+    // gemm's own rayon split scales poorly on these shapes (worst on a weight gradient g^T x:
+    // long k, small output); one single-threaded gemm per block of destination rows is faster,
+    // and each element is still one gemm's full k-sum, so the result does not depend on the
+    // thread count.
     let threads = rayon::current_num_threads();
-    // SAFETY: the assert keeps every index gemm reads or writes inside the three slices, and
-    // dst is borrowed mutably so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().cast::<f32>(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides.1 as isize,
-            lhs_strides.0 as isize,
-            rhs.as_ptr(),
-            rhs_strides.1 as isize,
-            rhs_strides.0 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        )
+    let rows_per = m.div_ceil(threads.max(1)).next_multiple_of(16).max(16);
+    let (dst_ptr, lhs_ptr, rhs_ptr) = (
+        dst.as_mut_ptr() as usize,
+        lhs.as_ptr() as usize,
+        rhs.as_ptr() as usize,
+    );
+    let block = |b: usize| {
+        let (r0, r1) = (b * rows_per, ((b + 1) * rows_per).min(m));
+        // SAFETY: the assert keeps every index gemm reads or writes inside the three slices;
+        // blocks write disjoint destination rows r0..r1, and dst is borrowed mutably so it
+        // aliases neither input.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                n,
+                k,
+                (dst_ptr as *mut f32).add(r0 * n),
+                1,
+                n as isize,
+                accumulate,
+                (lhs_ptr as *const f32).add(r0 * lhs_strides.0),
+                lhs_strides.1 as isize,
+                lhs_strides.0 as isize,
+                rhs_ptr as *const f32,
+                rhs_strides.1 as isize,
+                rhs_strides.0 as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    let blocks = m.div_ceil(rows_per);
+    if blocks <= 1 {
+        block(0);
+    } else {
+        use rayon::prelude::*;
+        (0..blocks).into_par_iter().for_each(block);
     }
 }
 
