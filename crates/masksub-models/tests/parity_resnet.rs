@@ -13,17 +13,17 @@
 //! Metric: `max|rust - fixture| / (max|fixture| + 1e-6)` per tensor, at most 1e-4.
 //! `cargo test --release -p masksub-models --test parity_resnet -- --nocapture` prints the table.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{adamw, host, rel_err, Fixture};
 use masksub_core::{
-    AdamW, AdamWConfig, LossKind, MaskPlan, Optimizer, ParamGroup, SubModel, SubModelForward,
-    SubObjective, TokenGrid,
+    LossKind, MaskPlan, Optimizer, SubModel, SubModelForward, SubObjective, TokenGrid,
 };
 use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
-use masksub_models::weights::{read_safetensors, LoadOptions};
+use masksub_models::weights::LoadOptions;
 use masksub_models::{BlockType, LoadedModel, ModelArch, ModelSpec, ResNetConfig};
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 
 const TOL: f64 = 1e-4;
 /// param_after elements whose fixture gradient is below this are ill-conditioned: AdamW's first
@@ -33,54 +33,7 @@ const TOL_WELL_CONDITIONED: f64 = 1e-5;
 const LR: f64 = 1e-3;
 const WEIGHT_DECAY: f64 = 0.05;
 
-struct Fixture {
-    name: &'static str,
-    meta: HashMap<String, String>,
-    tensors: HashMap<String, Tensor>,
-}
-
 impl Fixture {
-    fn load(name: &'static str) -> Self {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(format!("{name}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().expect("__metadata__");
-        Self {
-            name,
-            meta,
-            tensors: read_safetensors(&path).unwrap(),
-        }
-    }
-
-    fn meta<T: DeserializeOwned>(&self, key: &str) -> T {
-        let raw = self
-            .meta
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: metadata `{key}` missing", self.name));
-        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{}: `{key}` = {raw}: {e}", self.name))
-    }
-
-    fn tensor(&self, key: &str) -> &Tensor {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: tensor `{key}` missing", self.name))
-    }
-
-    fn scalar(&self, key: &str) -> f32 {
-        let t = self.tensor(key);
-        assert_eq!(t.rank(), 0, "{}: `{key}` is not 0-dim", self.name);
-        t.to_scalar::<f32>().unwrap()
-    }
-
-    fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
-            .collect()
-    }
-
     /// `<a>K` for parameters and `<b>K` for buffers, as one state dict.
     fn state(&self, params: &str, buffers: &str) -> HashMap<String, Tensor> {
         let mut sd = self.with_prefix(params);
@@ -150,29 +103,6 @@ impl Fixture {
             masked,
         }
     }
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (host(a), host(b));
-    if a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    diff / (b.iter().map(|y| y.abs()).fold(0.0, f64::max) + 1e-6)
 }
 
 struct Report {
@@ -270,35 +200,6 @@ fn params_of(model: &LoadedModel) -> HashMap<String, Tensor> {
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
         .collect()
-}
-
-fn adamw(model: &LoadedModel) -> AdamW {
-    type Named = Vec<(String, Var)>;
-    let (decay, no_decay): (Named, Named) = model
-        .named_parameters()
-        .into_iter()
-        .partition(|(n, v)| model.decays(n, v.rank()));
-    let group = |name: &str, params, weight_decay| ParamGroup {
-        name: name.into(),
-        params,
-        weight_decay,
-        lr_scale: 1.0,
-    };
-    let cfg = AdamWConfig {
-        lr: LR,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: WEIGHT_DECAY,
-    };
-    AdamW::new(
-        vec![
-            group("decay", decay, WEIGHT_DECAY),
-            group("no_decay", no_decay, 0.0),
-        ],
-        cfg,
-    )
-    .unwrap()
 }
 
 fn check_fixture(name: &'static str) {
@@ -419,7 +320,7 @@ fn check_fixture(name: &'static str) {
     );
 
     let before = fx.with_prefix("param.");
-    let mut opt = adamw(&model);
+    let mut opt = adamw(&model, LR, WEIGHT_DECAY);
     opt.step(&grads).unwrap();
     let after = params_of(&model);
     let want_after = fx.with_prefix("ce.param_after.");

@@ -9,17 +9,16 @@
 //! against timm's key list. `cargo test -p masksub-models --test parity_swin -- --nocapture`
 //! prints the table.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{adamw, host, rel_err, Fixture};
 use masksub_core::clip::clip_grad_norm;
-use masksub_core::{
-    AdamW, AdamWConfig, LossKind, MaskPlan, Optimizer, ParamGroup, SubModel, SubObjective,
-    TokenGrid,
-};
+use masksub_core::{LossKind, MaskPlan, Optimizer, SubModel, SubObjective, TokenGrid};
 use masksub_models::registry::{lookup, IMAGENET_MEAN, IMAGENET_STD};
 use masksub_models::swin::windows;
-use masksub_models::weights::{load_into, read_safetensors, LoadOptions};
+use masksub_models::weights::{load_into, LoadOptions};
 use masksub_models::{LoadedModel, ModelArch, ModelSpec, SwinConfig};
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -35,51 +34,7 @@ fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-struct Fixture {
-    name: &'static str,
-    meta: HashMap<String, String>,
-    tensors: HashMap<String, Tensor>,
-}
-
 impl Fixture {
-    fn load(name: &'static str) -> Self {
-        let path = fixture_dir().join(format!("{name}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().expect("fixture has metadata");
-        let tensors = read_safetensors(&path).unwrap();
-        Self {
-            name,
-            meta,
-            tensors,
-        }
-    }
-
-    fn meta<T: DeserializeOwned>(&self, key: &str) -> T {
-        let raw = self
-            .meta
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: metadata `{key}` missing", self.name));
-        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{}: `{key}`: {e}", self.name))
-    }
-
-    fn tensor(&self, key: &str) -> &Tensor {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: tensor `{key}` missing", self.name))
-    }
-
-    fn scalar(&self, key: &str) -> f32 {
-        self.tensor(key).to_scalar::<f32>().unwrap()
-    }
-
-    fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
-            .collect()
-    }
-
     fn config(&self) -> SwinConfig {
         assert_eq!(self.meta::<String>("gelu"), "erf");
         assert_eq!(self.meta::<f64>("drop_path_rate"), 0.0);
@@ -137,29 +92,6 @@ impl Fixture {
             masked,
         }
     }
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (host(a), host(b));
-    if a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    diff / (b.iter().map(|y| y.abs()).fold(0.0, f64::max) + 1e-6)
 }
 
 /// Largest error per quantity, printed as a table; fails listing everything over tolerance.
@@ -275,34 +207,6 @@ fn params_of(model: &LoadedModel) -> Vec<(String, Tensor)> {
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
         .collect()
-}
-
-fn adamw(model: &LoadedModel) -> AdamW {
-    type Named = Vec<(String, Var)>;
-    let (decay, no_decay): (Named, Named) = model
-        .named_parameters()
-        .into_iter()
-        .partition(|(n, v)| model.decays(n, v.rank()));
-    let group = |name: &str, params, weight_decay| ParamGroup {
-        name: name.into(),
-        params,
-        weight_decay,
-        lr_scale: 1.0,
-    };
-    AdamW::new(
-        vec![
-            group("decay", decay, WEIGHT_DECAY),
-            group("no_decay", no_decay, 0.0),
-        ],
-        AdamWConfig {
-            lr: LR,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: WEIGHT_DECAY,
-        },
-    )
-    .unwrap()
 }
 
 /// AdamW's first step is lr * g / (|g| + eps): where the fixture gradient is ~eps, rounding noise
@@ -427,7 +331,7 @@ fn check_fixture(name: &'static str) {
         let g = grads_of(&model, &grads);
         let gf = fx.with_prefix(&format!("{prefix}.grad."));
         report.per_param(&format!("{prefix}.grad"), &g, &gf);
-        let mut opt = adamw(&model);
+        let mut opt = adamw(&model, LR, WEIGHT_DECAY);
         opt.step(&grads).unwrap();
         let after = params_of(&model);
         let want = fx.with_prefix(&format!("{prefix}.param_after."));
@@ -465,7 +369,7 @@ fn check_fixture(name: &'static str) {
         let norm = clip_grad_norm(&mut grads, &vars, CLIP_MAX_NORM).unwrap();
         report.scalar("ce_clip.grad_norm", norm, fx.scalar("ce_clip.grad_norm"));
         let g = grads_of(&model, &grads);
-        let mut opt = adamw(&model);
+        let mut opt = adamw(&model, LR, WEIGHT_DECAY);
         opt.step(&grads).unwrap();
         let after = params_of(&model);
         let want = fx.with_prefix("ce_clip.param_after.");

@@ -12,18 +12,17 @@
 //! to see the table of errors per fixture:
 //! `cargo test -p masksub-models --test parity_vit -- --nocapture`.
 
+mod common;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use common::{adamw, host, rel_err, Fixture};
 use masksub_core::clip::clip_grad_norm;
-use masksub_core::{
-    AdamW, AdamWConfig, LossKind, MaskPlan, Optimizer, ParamGroup, SubModel, SubObjective,
-};
+use masksub_core::{LossKind, MaskPlan, Optimizer, SubModel, SubObjective};
 use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
-use masksub_models::weights::{load_into, read_safetensors, LoadOptions};
+use masksub_models::weights::{load_into, LoadOptions};
 use masksub_models::{GlobalPool, LoadedModel, ModelArch, ModelSpec, VitConfig};
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 
 /// Forward quantities (logits, losses, gradients, clip norm).
 const TOL: f64 = 1e-4;
@@ -43,68 +42,7 @@ const CLIP_MAX_NORM: f64 = 0.5;
 // Fixture access
 // ---------------------------------------------------------------------------------------------
 
-struct Fixture {
-    name: &'static str,
-    meta: HashMap<String, String>,
-    tensors: HashMap<String, Tensor>,
-}
-
 impl Fixture {
-    fn load(name: &'static str) -> Self {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(format!("{name}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let meta = header
-            .metadata()
-            .clone()
-            .unwrap_or_else(|| panic!("{}: no __metadata__", path.display()));
-        let tensors = read_safetensors(&path).unwrap();
-        Self {
-            name,
-            meta,
-            tensors,
-        }
-    }
-
-    /// A metadata value (JSON-encoded in the file).
-    fn meta<T: DeserializeOwned>(&self, key: &str) -> T {
-        let raw = self
-            .meta
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: metadata `{key}` missing", self.name));
-        serde_json::from_str(raw)
-            .unwrap_or_else(|e| panic!("{}: metadata `{key}` = {raw:?}: {e}", self.name))
-    }
-
-    fn tensor(&self, key: &str) -> &Tensor {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: tensor `{key}` missing", self.name))
-    }
-
-    fn scalar(&self, key: &str) -> f32 {
-        let t = self.tensor(key);
-        assert_eq!(
-            t.rank(),
-            0,
-            "{}: `{key}` should be 0-dim, is {:?}",
-            self.name,
-            t.dims()
-        );
-        t.to_scalar::<f32>().unwrap()
-    }
-
-    /// All tensors `<prefix>K`, keyed by `K`.
-    fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
-            .collect()
-    }
-
     fn config(&self) -> VitConfig {
         let cfg = VitConfig {
             img_size: self.meta("img_size"),
@@ -183,31 +121,6 @@ impl Fixture {
 // ---------------------------------------------------------------------------------------------
 // Comparison and report
 // ---------------------------------------------------------------------------------------------
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// max|a - b| / (max|b| + 1e-6).
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (host(a), host(b));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    if diff.is_nan() || a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    diff / (scale + 1e-6)
-}
 
 /// One row of the report: the largest relative error of a quantity (over all its tensors).
 struct Row {
@@ -449,35 +362,6 @@ fn params_of(model: &LoadedModel) -> Vec<(String, Tensor)> {
 }
 
 /// AdamW with the fixtures' two groups: decay (weight_decay 0.05) where `model.decays` says so.
-fn adamw(model: &LoadedModel) -> AdamW {
-    type Named = Vec<(String, Var)>;
-    let (decay, no_decay): (Named, Named) = model
-        .named_parameters()
-        .into_iter()
-        .partition(|(n, v)| model.decays(n, v.rank()));
-    let groups = vec![
-        ParamGroup {
-            name: "decay".into(),
-            params: decay,
-            weight_decay: WEIGHT_DECAY,
-            lr_scale: 1.0,
-        },
-        ParamGroup {
-            name: "no_decay".into(),
-            params: no_decay,
-            weight_decay: 0.0,
-            lr_scale: 1.0,
-        },
-    ];
-    let cfg = AdamWConfig {
-        lr: LR,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: WEIGHT_DECAY,
-    };
-    AdamW::new(groups, cfg).unwrap()
-}
 
 fn check_fixture(name: &'static str) {
     let fx = Fixture::load(name);
@@ -596,7 +480,7 @@ fn check_fixture(name: &'static str) {
             "analytically 0",
         );
 
-        let mut opt = adamw(&model);
+        let mut opt = adamw(&model, LR, WEIGHT_DECAY);
         opt.step(&grads).unwrap();
         report.param_after(
             &format!("{prefix}.param_after"),
@@ -643,7 +527,7 @@ fn check_fixture(name: &'static str) {
             .collect();
         let g = grads_of(&model, &grads, "ce_clip");
         report.per_param("ce_clip.grad (clipped)", &g, &clipped, TOL);
-        let mut opt = adamw(&model);
+        let mut opt = adamw(&model, LR, WEIGHT_DECAY);
         opt.step(&grads).unwrap();
         report.param_after(
             "ce_clip.param_after",
