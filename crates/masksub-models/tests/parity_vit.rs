@@ -361,8 +361,6 @@ fn params_of(model: &LoadedModel) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-/// AdamW with the fixtures' two groups: decay (weight_decay 0.05) where `model.decays` says so.
-
 fn check_fixture(name: &'static str) {
     let fx = Fixture::load(name);
     let mut report = Report::new(name);
