@@ -15,14 +15,12 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{adamw, host, rel_err, Fixture};
 use masksub_core::{
     LossKind, MaskPlan, Optimizer, SubModel, SubModelForward, SubObjective, TokenGrid,
 };
-use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
-use masksub_models::weights::LoadOptions;
-use masksub_models::{BlockType, LoadedModel, ModelArch, ModelSpec, ResNetConfig};
+use masksub_models::{BlockType, LoadedModel, ModelArch, ResNetConfig};
 use std::collections::{BTreeSet, HashMap};
 
 const TOL: f64 = 1e-4;
@@ -66,18 +64,7 @@ impl Fixture {
 
     /// A model holding the state `state` (strictly loaded: every key, no allowances).
     fn model_with(&self, state: &HashMap<String, Tensor>) -> LoadedModel {
-        let spec = ModelSpec {
-            name: self.name.into(),
-            arch: ModelArch::Resnet(self.config()),
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-            crop_pct: 1.0,
-        };
-        let model = spec.build(0, DType::F32, &Device::Cpu).unwrap();
-        model
-            .load_state_dict(state, self.name, &LoadOptions::default())
-            .unwrap_or_else(|e| panic!("strict load of {}: {e}", self.name));
-        model
+        self.strict_model(ModelArch::Resnet(self.config()), state)
     }
 
     fn model(&self) -> LoadedModel {

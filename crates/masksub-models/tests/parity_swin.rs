@@ -15,10 +15,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::{adamw, host, rel_err, Fixture};
 use masksub_core::clip::clip_grad_norm;
 use masksub_core::{LossKind, MaskPlan, Optimizer, SubModel, SubObjective, TokenGrid};
-use masksub_models::registry::{lookup, IMAGENET_MEAN, IMAGENET_STD};
+use masksub_models::registry::lookup;
 use masksub_models::swin::windows;
-use masksub_models::weights::{load_into, LoadOptions};
-use masksub_models::{LoadedModel, ModelArch, ModelSpec, SwinConfig};
+use masksub_models::{LoadedModel, ModelArch, SwinConfig};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -56,22 +55,7 @@ impl Fixture {
     }
 
     fn model(&self) -> LoadedModel {
-        let spec = ModelSpec {
-            name: self.name.into(),
-            arch: ModelArch::Swin(self.config()),
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-            crop_pct: 1.0,
-        };
-        let model = spec.build(0, DType::F32, &Device::Cpu).unwrap();
-        load_into(
-            &model.varmap,
-            &self.with_prefix("param."),
-            self.name,
-            &LoadOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("strict load of {}: {e}", self.name));
-        model
+        self.strict_model(ModelArch::Swin(self.config()), &self.with_prefix("param."))
     }
 
     /// The fixed unit mask as the plan the sub pass takes.

@@ -15,13 +15,11 @@
 mod common;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use common::{adamw, host, rel_err, Fixture};
 use masksub_core::clip::clip_grad_norm;
 use masksub_core::{LossKind, MaskPlan, Optimizer, SubModel, SubObjective};
-use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
-use masksub_models::weights::{load_into, LoadOptions};
-use masksub_models::{GlobalPool, LoadedModel, ModelArch, ModelSpec, VitConfig};
+use masksub_models::{GlobalPool, LoadedModel, ModelArch, VitConfig};
 use std::collections::{BTreeSet, HashMap};
 
 /// Forward quantities (logits, losses, gradients, clip norm).
@@ -80,22 +78,7 @@ impl Fixture {
 
     /// The model with the fixture's initial parameters, loaded strictly (no allowances).
     fn model(&self) -> LoadedModel {
-        let spec = ModelSpec {
-            name: self.name.into(),
-            arch: ModelArch::Vit(self.config()),
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-            crop_pct: 1.0,
-        };
-        let model = spec.build(0, DType::F32, &Device::Cpu).unwrap();
-        load_into(
-            &model.varmap,
-            &self.with_prefix("param."),
-            self.name,
-            &LoadOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("strict load of {}: {e}", self.name));
-        model
+        self.strict_model(ModelArch::Vit(self.config()), &self.with_prefix("param."))
     }
 
     fn plan(&self) -> MaskPlan {

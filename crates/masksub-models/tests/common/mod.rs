@@ -2,10 +2,12 @@
 //! the fixtures' AdamW (decay / no-decay groups as timm's `param_groups_weight_decay`).
 #![allow(dead_code)] // each test binary uses its own subset
 
+use candle_core::Device;
 use candle_core::{DType, Tensor, Var};
 use masksub_core::{AdamW, AdamWConfig, ParamGroup};
-use masksub_models::weights::read_safetensors;
-use masksub_models::LoadedModel;
+use masksub_models::registry::{IMAGENET_MEAN, IMAGENET_STD};
+use masksub_models::weights::{read_safetensors, LoadOptions};
+use masksub_models::{LoadedModel, ModelArch, ModelSpec};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -121,6 +123,23 @@ impl Fixture {
             t.dims()
         );
         t.to_scalar::<f32>().unwrap()
+    }
+
+    /// A model of `arch` holding `state`, loaded strictly (every key, no allowances), which
+    /// also proves the parameter names are timm's `state_dict` keys.
+    pub fn strict_model(&self, arch: ModelArch, state: &HashMap<String, Tensor>) -> LoadedModel {
+        let spec = ModelSpec {
+            name: self.name.into(),
+            arch,
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+            crop_pct: 1.0,
+        };
+        let model = spec.build(0, DType::F32, &Device::Cpu).unwrap();
+        model
+            .load_state_dict(state, self.name, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("strict load of {}: {e}", self.name));
+        model
     }
 
     /// The tensors under `prefix`, with the prefix stripped (e.g. `param.` -> a state dict).
