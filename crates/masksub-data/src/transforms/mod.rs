@@ -7,6 +7,8 @@
 pub mod color;
 pub mod crop;
 pub mod resize;
+#[cfg(target_arch = "x86_64")]
+mod resize_avx2;
 
 use rand::seq::SliceRandom;
 use rand::Rng;

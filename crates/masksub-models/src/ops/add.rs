@@ -3,6 +3,7 @@
 
 use super::{f32_slice, filled_vec, use_fused};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use masksub_simd::simd_kernel;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 

@@ -228,6 +228,7 @@ fn fwd_window(
 /// same order (no FMA contraction), so every path gives the same bits.
 mod simd {
     use super::Dims;
+    use masksub_simd::simd_kernel;
 
     simd_kernel! {
         pub(super) fn fwd_window(

@@ -5,6 +5,7 @@ use super::{col_sums, f32_slice, use_fused, MIN_ROWS_PER_TASK};
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
+use masksub_simd::simd_kernel;
 use rayon::prelude::*;
 
 struct LnFwd {

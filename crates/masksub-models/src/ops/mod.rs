@@ -24,64 +24,6 @@ pub use softmax::{softmax_last_dim, softmax_scaled};
 
 use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
 
-/// `fn name(args) body`, compiled three times — for AVX-512, for AVX2 + FMA and for the
-/// baseline target — and dispatched on the CPU's features at run time, so element loops
-/// vectorize to the widest registers the machine has while the binary stays portable.
-/// The arithmetic is the same in every version (Rust never contracts a * b + c into an FMA
-/// by itself), so results are bitwise equal whichever runs.
-macro_rules! simd_kernel {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) {
-            #[inline(always)]
-            fn imp($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-                unsafe fn v4($($a: $t),*) {
-                    imp($($a),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($a: $t),*) {
-                    imp($($a),*)
-                }
-                if $crate::ops::cpu_level() >= 4 {
-                    // SAFETY: cpu_level checked the features v4 was compiled for.
-                    return unsafe { v4($($a),*) };
-                }
-                if $crate::ops::cpu_level() >= 3 {
-                    // SAFETY: as above, for v3's.
-                    return unsafe { v3($($a),*) };
-                }
-            }
-            imp($($a),*)
-        }
-    };
-}
-
-/// 4 = AVX-512 (F, VL, BW, DQ), 3 = AVX2 + FMA, 0 = neither; detected once.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn cpu_level() -> u8 {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<u8> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let v3 = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        let v4 = v3
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq");
-        if v4 {
-            4
-        } else if v3 {
-            3
-        } else {
-            0
-        }
-    })
-}
-
 mod add;
 mod attention;
 mod batch_norm;

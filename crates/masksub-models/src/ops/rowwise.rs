@@ -5,6 +5,7 @@
 
 use super::{col_sums, f32_slice, filled_vec, use_fused, MIN_ROWS_PER_TASK};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use masksub_simd::simd_kernel;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
