@@ -116,6 +116,24 @@ fn stream_cfg(size: usize, num_classes: usize, train: bool, workers: usize) -> S
     }
 }
 
+/// The photos are progressive JPEGs (refinement scans included): the vendored zune-jpeg must
+/// decode them to the same bytes as upstream zune-jpeg, which the `image` crate uses.
+#[test]
+fn photos_decode_exactly_as_upstream_zune_jpeg() {
+    let photos = photos(&foolbox_data(), "imagenet");
+    assert_eq!(photos.len(), 20);
+    for (p, _) in photos {
+        let bytes = std::fs::read(&p).unwrap();
+        let ours = decode_rgb(&bytes, "jpg").unwrap();
+        let upstream = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(
+            (ours.width as u32, ours.height as u32),
+            upstream.dimensions()
+        );
+        assert!(ours.data == upstream.as_raw().as_slice(), "{}", p.display());
+    }
+}
+
 #[test]
 fn eval_transform_matches_pil_and_torchvision() {
     let data = foolbox_data();
