@@ -13,7 +13,7 @@ const MAX_SIDE: u32 = 16_384;
 const MAX_ALLOC: u64 = 1 << 30;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RgbImage {
     pub width: usize,
     pub height: usize,
@@ -50,9 +50,23 @@ impl RgbImage {
 /// Decodes `bytes`; `ext` (`jpg`, `png`, ...) is a hint, the content decides. Errors are text
 /// for the bad-sample report.
 pub fn decode_rgb(bytes: &[u8], ext: &str) -> Result<RgbImage, String> {
+    let mut img = RgbImage::default();
+    decode_rgb_into(bytes, ext, &mut img)?;
+    Ok(img)
+}
+
+/// [`decode_rgb`] into `img`, reusing its buffer for JPEGs: a worker decoding one image after
+/// another then allocates (and the OS zeroes) no fresh pages per image.
+pub fn decode_rgb_into(bytes: &[u8], ext: &str, img: &mut RgbImage) -> Result<(), String> {
     if bytes.starts_with(&[0xff, 0xd8]) {
-        return decode_jpeg(bytes);
+        return decode_jpeg(bytes, img);
     }
+    *img = decode_other(bytes, ext)?;
+    Ok(())
+}
+
+/// PNG, WebP and anything else through the `image` crate.
+fn decode_other(bytes: &[u8], ext: &str) -> Result<RgbImage, String> {
     let hint = match ext {
         "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
         "png" => Some(ImageFormat::Png),
@@ -85,8 +99,8 @@ pub fn decode_rgb(bytes: &[u8], ext: &str) -> Result<RgbImage, String> {
     })
 }
 
-/// JPEG straight through zune-jpeg into RGB (no intermediate image or copy).
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+/// JPEG straight through zune-jpeg into `img`'s buffer as RGB (no intermediate image or copy).
+fn decode_jpeg(bytes: &[u8], img: &mut RgbImage) -> Result<(), String> {
     use zune_core::bytestream::ZCursor;
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
@@ -109,10 +123,17 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
             "image decode failed: {w}x{h} exceeds the size limit"
         ));
     }
-    let data = dec
-        .decode()
-        .map_err(|e| format!("image decode failed: {e}"))?;
-    RgbImage::from_raw(w, h, data).ok_or_else(|| "image decode failed: short pixel data".into())
+    if dec.output_buffer_size() != Some(w * h * 3) {
+        return Err("image decode failed: decoder output is not 3-channel RGB".into());
+    }
+    // Every byte is overwritten by the decoder; only growth past the old length is zeroed.
+    img.data.resize(w * h * 3, 0);
+    if let Err(e) = dec.decode_into(&mut img.data) {
+        *img = RgbImage::default();
+        return Err(format!("image decode failed: {e}"));
+    }
+    (img.width, img.height) = (w, h);
+    Ok(())
 }
 
 /// Encodes as JPEG (quality 0-100) or PNG, for `masksub data convert`.

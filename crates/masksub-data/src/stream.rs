@@ -25,7 +25,7 @@ use masksub_core::rng::purpose;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::decode::decode_rgb;
+use crate::decode::{decode_rgb_into, RgbImage};
 use crate::error::{DataError, Result};
 use crate::hub::HubOptions;
 use crate::imagefolder::ImageFolder;
@@ -343,6 +343,8 @@ impl WorkerJob {
         };
         let g = self.global_id as u64;
         let mut counter = 0u64;
+        // Decoded pixels, reused from sample to sample.
+        let mut img = RgbImage::default();
         for pass in 0u64.. {
             let mut rng = stream_rng(
                 purpose::DATA_ORDER,
@@ -392,7 +394,7 @@ impl WorkerJob {
                             if buffer.len() >= cap {
                                 let i = rng.random_range(0..buffer.len());
                                 let (u, raw) = buffer.swap_remove(i);
-                                if !self.emit(&tx, &u, raw, &mut counter) {
+                                if !self.emit(&tx, &u, raw, &mut counter, &mut img) {
                                     return;
                                 }
                             }
@@ -403,7 +405,7 @@ impl WorkerJob {
             while !buffer.is_empty() {
                 let i = rng.random_range(0..buffer.len());
                 let (u, raw) = buffer.swap_remove(i);
-                if !self.emit(&tx, &u, raw, &mut counter) {
+                if !self.emit(&tx, &u, raw, &mut counter, &mut img) {
                     return;
                 }
             }
@@ -415,22 +417,26 @@ impl WorkerJob {
 
     /// Decodes and transforms one sample (k times with repeated augmentation) and sends it;
     /// false once the consumer is gone.
-    fn emit(&self, tx: &SyncSender<Item>, unit: &str, raw: RawSample, counter: &mut u64) -> bool {
-        let img = match decode_rgb(&raw.image.1, &raw.image.0) {
-            Ok(i) => i,
-            Err(reason) => {
-                let bad = BadSample {
-                    key: raw.key,
-                    reason,
-                };
-                return tx
-                    .send(Item::Bad {
-                        unit: unit.to_string(),
-                        bad,
-                    })
-                    .is_ok();
-            }
-        };
+    fn emit(
+        &self,
+        tx: &SyncSender<Item>,
+        unit: &str,
+        raw: RawSample,
+        counter: &mut u64,
+        img: &mut RgbImage,
+    ) -> bool {
+        if let Err(reason) = decode_rgb_into(&raw.image.1, &raw.image.0, img) {
+            let bad = BadSample {
+                key: raw.key,
+                reason,
+            };
+            return tx
+                .send(Item::Bad {
+                    unit: unit.to_string(),
+                    bad,
+                })
+                .is_ok();
+        }
         if raw.label as usize >= self.cfg.num_classes {
             let bad = BadSample {
                 key: raw.key,
@@ -456,9 +462,9 @@ impl WorkerJob {
                     self.cfg.seed,
                     &[self.epoch as u64, self.global_id as u64, *counter],
                 );
-                train_transform(&img, &self.cfg.aug, self.ra.as_ref(), &mut rng, &mut data);
+                train_transform(img, &self.cfg.aug, self.ra.as_ref(), &mut rng, &mut data);
             } else {
-                eval_transform(&img, &self.cfg.aug, &mut data);
+                eval_transform(img, &self.cfg.aug, &mut data);
             }
             *counter += 1;
             if tx

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use masksub_data::decode::decode_rgb;
+use masksub_data::decode::{decode_rgb_into, RgbImage};
 use masksub_data::transforms::{train_transform, ImageAugConfig, TrainInterpolation};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -89,10 +89,11 @@ pub fn run(a: DataBenchArgs) -> Result<()> {
                         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
                         let mut out = vec![0f32; cfg.sample_len()];
                         let mut decode_secs = 0f64;
+                        let mut img = RgbImage::default();
                         for i in 0..per {
                             let (b, ext) = &blobs[(k * per + i) % blobs.len()];
                             let t = Instant::now();
-                            let img = decode_rgb(b, ext).map_err(anyhow::Error::msg)?;
+                            decode_rgb_into(b, ext, &mut img).map_err(anyhow::Error::msg)?;
                             decode_secs += t.elapsed().as_secs_f64();
                             train_transform(&img, cfg, None, &mut rng, &mut out);
                         }
