@@ -119,18 +119,24 @@ pub(super) fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Horizontal output pixel `xx` of the input row `src`, plainly.
+#[inline(always)]
+pub(super) fn pixel_plain(src: &[u8], xx: usize, c: &Coeffs) -> [u8; 3] {
+    let (start, kw) = c.taps(xx);
+    let mut acc = [HALF; 3];
+    for (p, &w) in src[start * 3..].chunks_exact(3).zip(kw) {
+        for l in 0..3 {
+            acc[l] += p[l] as i32 * w;
+        }
+    }
+    acc.map(clip8)
+}
+
 /// One row of the horizontal pass (`src`: an input row, `dst`: `out_w` RGB pixels), plainly:
 /// the path for CPUs without AVX2 (and the reference the AVX2 path is tested against).
 fn horizontal_row_plain(src: &[u8], dst: &mut [u8], c: &Coeffs) {
     for (xx, o) in dst.chunks_exact_mut(3).enumerate() {
-        let (start, kw) = c.taps(xx);
-        let mut acc = [HALF; 3];
-        for (p, &w) in src[start * 3..].chunks_exact(3).zip(kw) {
-            for l in 0..3 {
-                acc[l] += p[l] as i32 * w;
-            }
-        }
-        o.copy_from_slice(&acc.map(clip8));
+        o.copy_from_slice(&pixel_plain(src, xx, c));
     }
 }
 
