@@ -18,9 +18,9 @@ pub struct Args {
     #[arg(long, default_value = "python3")]
     python: String,
     /// Images per measurement
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1200)]
     count: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     #[arg(long, default_value = "BENCHMARKS.md")]
     file: PathBuf,
@@ -50,6 +50,13 @@ fn rates(path: &Path) -> Result<Vec<(u64, f64)>> {
             ))
         })
         .collect()
+}
+
+/// `min-max` of the rounds' rates.
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.0}-{hi:.0}")
 }
 
 pub fn run_bench(a: Args) -> Result<()> {
@@ -142,8 +149,10 @@ pub fn run_bench(a: Args) -> Result<()> {
         for t in 0..2 {
             let (m, p) = (median(&ours[t]), median(&theirs[t]));
             table.push_str(&format!(
-                "| {label} | {} | {m:.1} | {p:.1} | {:.2}x |\n",
+                "| {label} | {} | {m:.1} | {} | {p:.1} | {} | {:.2}x |\n",
                 t + 1,
+                spread(&ours[t]),
+                spread(&theirs[t]),
                 m / p
             ));
         }
@@ -153,8 +162,9 @@ pub fn run_bench(a: Args) -> Result<()> {
         "{BEGIN}\n## Data pipeline (`cargo xtask bench-data`)\n\n\
          Decode + RandomResizedCrop 224 (bilinear, scale 0.08-1) + horizontal flip + normalize to CHW f32, images/s on the 20 ImageNet \
          photos of foolbox 3.3.4 (512x512) repeated, {} images per measurement, {} alternating rounds, medians. masksub: `masksub bench data` \
-         (zune-jpeg, its own threads); PIL: tools/data/bench_pil.py (torchvision transforms, one process per thread, torch 1 thread each).\n\n\
-         | JPEGs | threads | masksub img/s | PIL+torchvision img/s | ratio |\n|---|---|---|---|---|\n{table}\n\
+         (vendored zune-jpeg with its refinement patch, AVX2 resampling; its own threads, 2 untimed images each); PIL: tools/data/bench_pil.py \
+         (torchvision transforms, one process per thread, torch 1 thread each, 2 untimed images each). The rounds' range is given beside each median.\n\n\
+         | JPEGs | threads | masksub img/s | range | PIL+torchvision img/s | range | ratio |\n|---|---|---|---|---|---|---|\n{table}\n\
          Machine: {} cores visible (shared with other jobs, so rates vary run to run); {}; {py_versions}; masksub {}; date {}.\n{END}\n",
         a.count,
         a.rounds,

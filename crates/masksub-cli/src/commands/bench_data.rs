@@ -10,6 +10,9 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Untimed images per thread before the measurement.
+const WARMUP: usize = 2;
+
 #[derive(Args, Debug)]
 pub struct DataBenchArgs {
     /// Folder of .jpg/.png files to read (all of them, repeated)
@@ -80,27 +83,40 @@ pub fn run(a: DataBenchArgs) -> Result<()> {
         }
         let per = a.count.div_ceil(threads);
         let mut decode_total = 0f64;
-        let t0 = Instant::now();
+        // Each thread first handles WARMUP images untimed (first-touch of its buffers; the
+        // Python side warms its workers the same way), then all start together.
+        let start = std::sync::Barrier::new(threads + 1);
+        let mut t0 = Instant::now();
         std::thread::scope(|s| -> Result<()> {
             let hs: Vec<_> = (0..threads)
                 .map(|k| {
-                    let (blobs, cfg) = (&blobs, &cfg);
+                    let (blobs, cfg, start) = (&blobs, &cfg, &start);
                     s.spawn(move || -> Result<f64> {
                         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
                         let mut out = vec![0f32; cfg.sample_len()];
-                        let mut decode_secs = 0f64;
                         let mut img = RgbImage::default();
-                        for i in 0..per {
+                        let mut one = |i: usize, decode_secs: &mut f64| -> Result<()> {
                             let (b, ext) = &blobs[(k * per + i) % blobs.len()];
                             let t = Instant::now();
                             decode_rgb_into(b, ext, &mut img).map_err(anyhow::Error::msg)?;
-                            decode_secs += t.elapsed().as_secs_f64();
+                            *decode_secs += t.elapsed().as_secs_f64();
                             train_transform(&img, cfg, None, &mut rng, &mut out);
+                            Ok(())
+                        };
+                        let mut decode_secs = 0f64;
+                        let warm = (0..WARMUP).try_for_each(|i| one(i, &mut decode_secs));
+                        start.wait();
+                        warm?;
+                        decode_secs = 0.0;
+                        for i in 0..per {
+                            one(i, &mut decode_secs)?;
                         }
                         Ok(decode_secs)
                     })
                 })
                 .collect();
+            start.wait();
+            t0 = Instant::now();
             for h in hs {
                 decode_total += h
                     .join()
