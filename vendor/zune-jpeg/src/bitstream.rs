@@ -48,8 +48,8 @@
 //! Knock yourself out.
 use alloc::format;
 use alloc::string::ToString;
-use core::cmp::min;
 use zune_core::log::warn;
+use core::cmp::min;
 
 use zune_core::bytestream::{ZByteReaderTrait, ZReader};
 
@@ -231,7 +231,7 @@ impl BitStream {
     #[inline(always)] // to many call sites? ( perf improvement by 4%)
     pub fn refill<T>(&mut self, reader: &mut ZReader<T>) -> Result<bool, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         /// Macro version of a single byte refill.
         /// Arguments
@@ -272,10 +272,8 @@ impl BitStream {
                             let marker = Marker::from_u8(next_byte as u8);
                             self.marker = marker;
 
-                            if let Some(Marker::UNKNOWN(_)) = marker {
-                                return Err(DecodeErrors::Format(
-                                    "Unknown marker in bit stream".to_string(),
-                                ));
+                            if let Some(Marker::UNKNOWN(_)) = marker{
+                                return Err(DecodeErrors::Format("Unknown marker in bit stream".to_string()));
                             }
                             if next_byte == 0xD9 {
                                 // special handling for eoi, fill some bytes,even if its zero,
@@ -363,13 +361,10 @@ impl BitStream {
     )]
     #[inline(always)]
     fn decode_dc<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        dc_table: &HuffmanTable,
-        dc_prediction: &mut i32,
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, dc_prediction: &mut i32
     ) -> Result<bool, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         let (mut symbol, r);
 
@@ -395,12 +390,10 @@ impl BitStream {
     /// Like `decode_dc` but we do not need the result of the component, we only want to remove it
     /// from the bitstream of the MCU.
     fn discard_dc<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        dc_table: &HuffmanTable,
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable
     ) -> Result<bool, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         let mut symbol;
 
@@ -436,16 +429,11 @@ impl BitStream {
     )]
     #[inline(never)]
     pub fn decode_mcu_block<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        dc_table: &HuffmanTable,
-        ac_table: &HuffmanTable,
-        qt_table: &[i32; DCT_BLOCK],
-        block: &mut [i32; 64],
-        dc_prediction: &mut i32,
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, ac_table: &HuffmanTable,
+        qt_table: &[i32; DCT_BLOCK], block: &mut [i32; 64], dc_prediction: &mut i32
     ) -> Result<u16, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         // Get fast AC table as a reference before we enter the hot path
         let ac_lookup = ac_table.ac_lookup.as_ref().unwrap();
@@ -453,9 +441,9 @@ impl BitStream {
         let (mut symbol, mut r, mut fast_ac);
         // Decode AC coefficients
         let mut pos: usize = 1;
-        if self.bits_left < 1 && self.marker.is_some() {
+        if  self.bits_left < 1 && self.marker.is_some() {
             return Err(DecodeErrors::Format(
-                "No more bytes left in stream before marker".to_string(),
+                "No more bytes left in stream before marker".to_string()
             ));
         }
         // decode DC, dc prediction will contain the value
@@ -509,13 +497,10 @@ impl BitStream {
     /// This updates DC prediction but we never dequantize and we never do any Zig-Zag translation
     /// either. Still returns the index of the last component read.
     pub fn discard_mcu_block<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        dc_table: &HuffmanTable,
-        ac_table: &HuffmanTable,
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, ac_table: &HuffmanTable
     ) -> Result<u16, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         // Get fast AC table as a reference before we enter the hot path
         let ac_lookup = ac_table.ac_lookup.as_ref().unwrap();
@@ -595,14 +580,11 @@ impl BitStream {
     #[allow(clippy::cast_possible_truncation)]
     #[inline]
     pub(crate) fn decode_prog_dc_first<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        dc_table: &HuffmanTable,
-        block: &mut i16,
-        dc_prediction: &mut i32,
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, block: &mut i16,
+        dc_prediction: &mut i32
     ) -> Result<(), DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         self.decode_dc(reader, dc_table, dc_prediction)?;
         *block = (*dc_prediction as i16).wrapping_mul(self.successive_low_mask);
@@ -610,12 +592,10 @@ impl BitStream {
     }
     #[inline]
     pub(crate) fn decode_prog_dc_refine<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        block: &mut i16,
+        &mut self, reader: &mut ZReader<T>, block: &mut i16
     ) -> Result<(), DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         // refinement scan
         if self.bits_left < 1 {
@@ -624,7 +604,7 @@ impl BitStream {
             // So let's confirm again that refill worked
             if self.bits_left < 1 {
                 return Err(DecodeErrors::Format(
-                    "Marker found where not expected in refine bit".to_string(),
+                    "Marker found where not expected in refine bit".to_string()
                 ));
             }
         }
@@ -644,13 +624,10 @@ impl BitStream {
         return k;
     }
     pub(crate) fn decode_mcu_ac_first<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        ac_table: &HuffmanTable,
-        block: &mut [i16; 64],
+        &mut self, reader: &mut ZReader<T>, ac_table: &HuffmanTable, block: &mut [i16; 64]
     ) -> Result<bool, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         let fast_ac = ac_table.ac_lookup.as_ref().unwrap();
         let bit = self.successive_low_mask;
@@ -855,13 +832,10 @@ impl BitStream {
     /// reference the mask-based version is tested against).
     #[cfg(test)]
     pub(crate) fn decode_mcu_ac_refine_reference<T>(
-        &mut self,
-        reader: &mut ZReader<T>,
-        table: &HuffmanTable,
-        block: &mut [i16; 64],
+        &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
     ) -> Result<bool, DecodeErrors>
     where
-        T: ZByteReaderTrait,
+        T: ZByteReaderTrait
     {
         let bit = self.successive_low_mask;
 
@@ -917,7 +891,7 @@ impl BitStream {
                                 self.refill(reader)?;
                                 if self.bits_left < 1 && self.marker.is_some() {
                                     return Err(DecodeErrors::Format(
-                                        "Marker found where not expected in refine bit".to_string(),
+                                        "Marker found where not expected in refine bit".to_string()
                                     ));
                                 }
                             }

@@ -29,13 +29,13 @@ use crate::misc::{SOFMarkers, UN_ZIGZAG};
 ///**B.2.4.2 Huffman table-specification syntax**
 #[allow(clippy::similar_names, clippy::cast_sign_loss)]
 pub(crate) fn parse_huffman<T: ZByteReaderTrait>(
-    decoder: &mut JpegDecoder<T>,
+    decoder: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors>
 where
 {
     // Read the length of the Huffman table
     let mut dht_length = i32::from(decoder.stream.get_u16_be_err()?.checked_sub(2).ok_or(
-        DecodeErrors::FormatStatic("Invalid Huffman length in image"),
+        DecodeErrors::FormatStatic("Invalid Huffman length in image")
     )?);
 
     while dht_length > 16 {
@@ -69,7 +69,7 @@ where
         // The sum of the number of symbols cannot be greater than 256;
         if symbols_sum > 256 {
             return Err(DecodeErrors::FormatStatic(
-                "Encountered Huffman table with excessive length in DHT",
+                "Encountered Huffman table with excessive length in DHT"
             ));
         }
         if symbols_sum > dht_length {
@@ -91,7 +91,7 @@ where
                     &num_symbols,
                     symbols,
                     true,
-                    decoder.is_progressive,
+                    decoder.is_progressive
                 )?);
             }
             _ => {
@@ -99,7 +99,7 @@ where
                     &num_symbols,
                     symbols,
                     false,
-                    decoder.is_progressive,
+                    decoder.is_progressive
                 )?);
             }
         }
@@ -121,7 +121,7 @@ pub(crate) fn parse_dqt<T: ZByteReaderTrait>(img: &mut JpegDecoder<T>) -> Result
             .get_u16_be_err()?
             .checked_sub(2)
             .ok_or(DecodeErrors::FormatStatic(
-                "Invalid DQT length. Length should be greater than 2",
+                "Invalid DQT length. Length should be greater than 2"
             ))?;
     // A single DQT header may have multiple QT's
     while qt_length > 0 {
@@ -180,12 +180,11 @@ pub(crate) fn parse_dqt<T: ZByteReaderTrait>(img: &mut JpegDecoder<T>) -> Result
 /// Section:`B.2.2 Frame header syntax`
 
 pub(crate) fn parse_start_of_frame<T: ZByteReaderTrait>(
-    sof: SOFMarkers,
-    img: &mut JpegDecoder<T>,
+    sof: SOFMarkers, img: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     if img.seen_sof {
         return Err(DecodeErrors::SofError(
-            "Two Start of Frame Markers".to_string(),
+            "Two Start of Frame Markers".to_string()
         ));
     }
     // Get length of the frame header
@@ -231,7 +230,7 @@ pub(crate) fn parse_start_of_frame<T: ZByteReaderTrait>(
 
     if num_components == 0 {
         return Err(DecodeErrors::SofError(
-            "Number of components cannot be zero.".to_string(),
+            "Number of components cannot be zero.".to_string()
         ));
     }
 
@@ -293,7 +292,7 @@ pub(crate) fn parse_start_of_frame<T: ZByteReaderTrait>(
         (1, 2) => SampleRatios::V,
         (2, 1) => SampleRatios::H,
         (2, 2) => SampleRatios::HV,
-        (hs, vs) => SampleRatios::Generic(hs, vs),
+        (hs, vs) => SampleRatios::Generic(hs, vs)
     };
 
     Ok(())
@@ -301,7 +300,7 @@ pub(crate) fn parse_start_of_frame<T: ZByteReaderTrait>(
 
 /// Parse a start of scan data
 pub(crate) fn parse_sos<T: ZByteReaderTrait>(
-    image: &mut JpegDecoder<T>,
+    image: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     // Scan header length
     let ls = usize::from(image.stream.get_u16_be_err()?);
@@ -328,7 +327,7 @@ pub(crate) fn parse_sos<T: ZByteReaderTrait>(
 
     if image.info.components == 0 {
         return Err(DecodeErrors::FormatStatic(
-            "Error decoding SOF Marker, Number of components cannot be zero.",
+            "Error decoding SOF Marker, Number of components cannot be zero."
         ));
     }
 
@@ -446,7 +445,7 @@ pub(crate) fn parse_sos<T: ZByteReaderTrait>(
 
 /// Parse the APP13 (IPTC) segment.
 pub(crate) fn parse_app13<T: ZByteReaderTrait>(
-    decoder: &mut JpegDecoder<T>,
+    decoder: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     const IPTC_PREFIX: &[u8] = b"Photoshop 3.0\0";
     // skip length.
@@ -474,7 +473,7 @@ pub(crate) fn parse_app13<T: ZByteReaderTrait>(
 
 /// Parse Adobe App14 segment
 pub(crate) fn parse_app14<T: ZByteReaderTrait>(
-    decoder: &mut JpegDecoder<T>,
+    decoder: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     // skip length
     let mut length = usize::from(decoder.stream.get_u16_be());
@@ -486,7 +485,7 @@ pub(crate) fn parse_app14<T: ZByteReaderTrait>(
     if decoder.stream.peek_at(0, 5)? == b"Adobe" {
         if length < 14 {
             return Err(DecodeErrors::FormatStatic(
-                "Too short of a length for App14 segment",
+                "Too short of a length for App14 segment"
             ));
         }
         // move stream 6 bytes to remove adobe id
@@ -526,7 +525,7 @@ pub(crate) fn parse_app14<T: ZByteReaderTrait>(
 ///
 /// This contains the exif tag
 pub(crate) fn parse_app1<T: ZByteReaderTrait>(
-    decoder: &mut JpegDecoder<T>,
+    decoder: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     const XMP_NAMESPACE_PREFIX: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
     const EXTENDED_XMP_NAMESPACE_PREFIX: &[u8] = b"http://ns.adobe.com/xmp/extension/\0";
@@ -563,9 +562,7 @@ pub(crate) fn parse_app1<T: ZByteReaderTrait>(
         let xmp_data = decoder.stream.peek_at(0, length)?.to_vec();
         decoder.info.xmp_data = Some(xmp_data);
     } else if length > EXTENDED_XMP_NAMESPACE_PREFIX.len()
-        && decoder
-            .stream
-            .peek_at(0, EXTENDED_XMP_NAMESPACE_PREFIX.len())?
+        && decoder.stream.peek_at(0, EXTENDED_XMP_NAMESPACE_PREFIX.len())?
             == EXTENDED_XMP_NAMESPACE_PREFIX
     {
         trace!("Extended XMP Data Present");
@@ -593,12 +590,7 @@ pub(crate) fn parse_app1<T: ZByteReaderTrait>(
             .peek_at(EXTENDED_XMP_HEADER_SIZE, length - EXTENDED_XMP_HEADER_SIZE)?
             .to_vec();
 
-        decoder.extended_xmp_segments.push(ExtendedXmpSegment {
-            offset,
-            total_size,
-            guid,
-            data,
-        });
+        decoder.extended_xmp_segments.push(ExtendedXmpSegment { offset, total_size, guid, data });
     } else {
         warn!("Unknown format for APP1 tag, skipping");
     }
@@ -608,7 +600,7 @@ pub(crate) fn parse_app1<T: ZByteReaderTrait>(
 }
 
 pub(crate) fn parse_app2<T: ZByteReaderTrait>(
-    decoder: &mut JpegDecoder<T>,
+    decoder: &mut JpegDecoder<T>
 ) -> Result<(), DecodeErrors> {
     static HDR_META: &[u8] = b"urn:iso:std:iso:ts:21496:-1\0";
     static MPF_DATA: &[u8] = b"MPF\0";
@@ -636,7 +628,7 @@ pub(crate) fn parse_app2<T: ZByteReaderTrait>(
         let icc_chunk = ICCChunk {
             seq_no,
             num_markers,
-            data,
+            data
         };
         decoder.icc_data.push(icc_chunk);
     } else if length > HDR_META.len() && decoder.stream.peek_at(0, HDR_META.len())? == HDR_META {
@@ -695,7 +687,7 @@ pub(crate) fn parse_app2<T: ZByteReaderTrait>(
 fn un_zig_zag<T>(a: &[T]) -> [i32; 64]
 where
     T: Default + Copy,
-    i32: core::convert::From<T>,
+    i32: core::convert::From<T>
 {
     let mut output = [i32::default(); 64];
 

@@ -7,8 +7,8 @@
  */
 
 use alloc::format;
-use core::cmp::min;
 use core::convert::TryInto;
+use core::cmp::min;
 
 use zune_core::colorspace::ColorSpace;
 
@@ -29,13 +29,9 @@ fn blinn_8x8(in_val: u8, y: u8) -> u8 {
 
 #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 pub(crate) fn color_convert(
-    unprocessed: &[&[i16]; MAX_COMPONENTS],
-    color_convert_16: ColorConvert16Ptr,
-    input_colorspace: ColorSpace,
-    output_colorspace: ColorSpace,
-    output: &mut [u8],
-    width: usize,
-    padded_width: usize,
+    unprocessed: &[&[i16]; MAX_COMPONENTS], color_convert_16: ColorConvert16Ptr,
+    input_colorspace: ColorSpace, output_colorspace: ColorSpace, output: &mut [u8], width: usize,
+    padded_width: usize
 ) -> Result<(), DecodeErrors> {
     if input_colorspace.num_components() == 3 && input_colorspace == output_colorspace {
         // sort things like RGB to RGB conversion
@@ -53,7 +49,7 @@ pub(crate) fn color_convert(
         }
         (
             ColorSpace::YCbCr,
-            ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::BGR | ColorSpace::BGRA,
+            ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::BGR | ColorSpace::BGRA
         ) => {
             color_convert_ycbcr(
                 unprocessed,
@@ -61,7 +57,7 @@ pub(crate) fn color_convert(
                 padded_width,
                 output_colorspace,
                 color_convert_16,
-                output,
+                output
             );
         }
         (ColorSpace::YCCK, ColorSpace::RGB) => {
@@ -71,7 +67,7 @@ pub(crate) fn color_convert(
                 padded_width,
                 output_colorspace,
                 color_convert_16,
-                output,
+                output
             );
         }
 
@@ -82,7 +78,7 @@ pub(crate) fn color_convert(
                 padded_width,
                 output_colorspace,
                 color_convert_16,
-                output,
+                output
             );
         }
         (ColorSpace::CMYK, ColorSpace::RGB) => {
@@ -102,7 +98,7 @@ pub(crate) fn color_convert(
                 width,
                 padded_width,
                 output,
-                n.get() as usize,
+                n.get() as usize
             );
         }
         (ColorSpace::Luma, ColorSpace::RGB) => {
@@ -137,10 +133,7 @@ pub(crate) fn color_convert(
 }
 
 fn convert_luma_to_rgb(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8]
 ) {
     for (pix_w, y_w) in output
         .chunks_exact_mut(width * 3)
@@ -154,10 +147,7 @@ fn convert_luma_to_rgb(
     }
 }
 fn convert_luma_to_rgba(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8]
 ) {
     for (pix_w, y_w) in output
         .chunks_exact_mut(width * 4)
@@ -175,10 +165,7 @@ fn convert_luma_to_rgba(
 /// if necessary
 #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 fn copy_removing_padding(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8]
 ) {
     for (((pix_w, c_w), m_w), y_w) in output
         .chunks_exact_mut(width * 3)
@@ -195,10 +182,7 @@ fn copy_removing_padding(
 }
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn copy_removing_padding_4x(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8]
 ) {
     for ((((pix_w, c_w), m_w), y_w), k_w) in output
         .chunks_exact_mut(width * 4)
@@ -223,11 +207,8 @@ fn copy_removing_padding_4x(
 }
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn copy_removing_padding_generic(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
-    channels: usize,
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8],
+    channels: usize
 ) {
     match channels {
         // just do 2 for now
@@ -243,18 +224,14 @@ fn copy_removing_padding_generic(
                 }
             }
         }
-        _ => unreachable!(),
+        _ => unreachable!()
     }
 }
 /// Convert YCCK image to rgb
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn color_convert_ycck_to_rgb<const NUM_COMPONENTS: usize>(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output_colorspace: ColorSpace,
-    color_convert_16: ColorConvert16Ptr,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize,
+    output_colorspace: ColorSpace, color_convert_16: ColorConvert16Ptr, output: &mut [u8]
 ) {
     color_convert_ycbcr(
         mcu_block,
@@ -262,7 +239,7 @@ fn color_convert_ycck_to_rgb<const NUM_COMPONENTS: usize>(
         padded_width,
         output_colorspace,
         color_convert_16,
-        output,
+        output
     );
     for (pix_w, m_w) in output
         .chunks_exact_mut(width * 3)
@@ -279,10 +256,7 @@ fn color_convert_ycck_to_rgb<const NUM_COMPONENTS: usize>(
 
 #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 fn color_convert_cymk_to_rgb<const NUM_COMPONENTS: usize>(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize, output: &mut [u8]
 ) {
     for ((((pix_w, c_w), m_w), y_w), k_w) in output
         .chunks_exact_mut(width * NUM_COMPONENTS)
@@ -318,12 +292,8 @@ fn color_convert_cymk_to_rgb<const NUM_COMPONENTS: usize>(
     clippy::unwrap_used
 )]
 fn color_convert_ycbcr(
-    mcu_block: &[&[i16]; MAX_COMPONENTS],
-    width: usize,
-    padded_width: usize,
-    output_colorspace: ColorSpace,
-    color_convert_16: ColorConvert16Ptr,
-    output: &mut [u8],
+    mcu_block: &[&[i16]; MAX_COMPONENTS], width: usize, padded_width: usize,
+    output_colorspace: ColorSpace, color_convert_16: ColorConvert16Ptr, output: &mut [u8]
 ) {
     let num_components = output_colorspace.num_components();
 
@@ -372,7 +342,7 @@ fn color_convert_ycbcr(
                 cb.try_into().unwrap(),
                 cr.try_into().unwrap(),
                 out_c,
-                &mut 0,
+                &mut 0
             );
         }
         //we have more pixels in the end that can't be handled by the main loop.
@@ -390,7 +360,7 @@ fn color_convert_ycbcr(
                 cb.try_into().unwrap(),
                 cr.try_into().unwrap(),
                 &mut temp,
-                &mut 0,
+                &mut 0
             );
         }
 
@@ -403,11 +373,8 @@ fn color_convert_ycbcr(
     }
 }
 pub(crate) fn upsample(
-    component: &mut Components,
-    mcu_height: usize,
-    i: usize,
-    upsampler_scratch_space: &mut [i16],
-    has_vertical_sample: bool,
+    component: &mut Components, mcu_height: usize, i: usize, upsampler_scratch_space: &mut [i16],
+    has_vertical_sample: bool
 ) -> Result<(), DecodeErrors> {
     match component.sample_ratio {
         SampleRatios::V | SampleRatios::HV => {
@@ -468,7 +435,7 @@ pub(crate) fn upsample(
             if component.raw_coeff.len() != stop_offset * stride {
                 // slice would panic below
                 return Err(DecodeErrors::FormatStatic(
-                    "Invalid component dimensions, would panic",
+                    "Invalid component dimensions, would panic"
                 ));
             }
             for (pos, curr_row) in component
@@ -530,7 +497,7 @@ pub(crate) fn upsample(
                         row_up,
                         row_down,
                         upsampler_scratch_space,
-                        dest,
+                        dest
                     );
                 }
             }

@@ -36,11 +36,7 @@ fn clamp(a: i32) -> u8 {
 ///
 /// Converts to BGR if const BGRA is true
 pub fn ycbcr_to_rgba_inner_16_scalar<const BGRA: bool>(
-    y: &[i16; 16],
-    cb: &[i16; 16],
-    cr: &[i16; 16],
-    output: &mut [u8],
-    pos: &mut usize,
+    y: &[i16; 16], cb: &[i16; 16], cr: &[i16; 16], output: &mut [u8], pos: &mut usize
 ) {
     let (_, output_position) = output.split_at_mut(*pos);
 
@@ -88,11 +84,7 @@ pub fn ycbcr_to_rgba_inner_16_scalar<const BGRA: bool>(
 ///
 /// Converts to BGR if const BGRA is true
 pub fn ycbcr_to_rgb_inner_16_scalar<const BGRA: bool>(
-    y: &[i16; 16],
-    cb: &[i16; 16],
-    cr: &[i16; 16],
-    output: &mut [u8],
-    pos: &mut usize,
+    y: &[i16; 16], cb: &[i16; 16], cr: &[i16; 16], output: &mut [u8], pos: &mut usize
 ) {
     let (_, output_position) = output.split_at_mut(*pos);
 
