@@ -117,6 +117,30 @@ const ZIGZAG: [u8; 64] = {
     t
 };
 
+/// `ZIGZAG_BYTES[b][m]`: the zig-zag-order mask of the natural-order mask `m << 8 b` (eight
+/// lookups permute a 64-bit mask; 16 KiB).
+static ZIGZAG_BYTES: [[u64; 256]; 8] = {
+    let mut t = [[0u64; 256]; 8];
+    let mut b = 0;
+    while b < 8 {
+        let mut m = 0;
+        while m < 256 {
+            let mut v = 0u64;
+            let mut i = 0;
+            while i < 8 {
+                if m & (1 << i) != 0 {
+                    v |= 1 << ZIGZAG[8 * b + i];
+                }
+                i += 1;
+            }
+            t[b][m] = v;
+            m += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Bit i set: `block[i] != 0` (natural order).
 #[inline(always)]
 fn nonzero_mask(block: &[i16; 64]) -> u64 {
@@ -147,6 +171,24 @@ fn nonzero_mask(block: &[i16; 64]) -> u64 {
             m |= u64::from(c != 0) << i;
         }
         m
+    }
+}
+
+/// Applies refinement correction bits to the nonzero coefficients at the zig-zag positions set
+/// in `positions`, in increasing order, taking one bit each from the top of `bits`: a 1 moves
+/// the coefficient away from zero by `bit` unless it already has that bit. Branch-free (the
+/// correction bits are close to random, and upstream's branches on them mispredicted).
+#[inline(always)]
+fn apply_corrections(block: &mut [i16; 64], mut positions: u64, mut bits: u64, bit: i16) {
+    while positions != 0 {
+        let j = positions.trailing_zeros() as usize;
+        positions &= positions - 1;
+        let c = &mut block[UN_ZIGZAG[j] & 63];
+        let one = (bits >> 63) as i16;
+        bits <<= 1;
+        // bit if (one and c lacks it) else 0; signed like c (c is nonzero).
+        let add = bit & (one & i16::from(*c & bit == 0)).wrapping_neg();
+        *c = c.wrapping_add(add.wrapping_mul((*c >> 15) | 1));
     }
 }
 
@@ -701,14 +743,12 @@ impl BitStream {
         let bit = self.successive_low_mask;
         let spec_end = usize::from(self.spec_end);
         let mut k = usize::from(self.spec_start);
-        // Bit j set: the coefficient at zig-zag position j is nonzero. Most blocks of a late
-        // refinement scan hold few nonzeros (often none beyond DC), so map the natural-order
-        // mask bit by bit.
+        // Bit j set: the coefficient at zig-zag position j is nonzero (the natural-order mask
+        // permuted a byte at a time through ZIGZAG_BYTES).
+        let natural = nonzero_mask(block);
         let mut nonzero = 0_u64;
-        let mut natural = nonzero_mask(block);
-        while natural != 0 {
-            nonzero |= 1 << ZIGZAG[natural.trailing_zeros() as usize];
-            natural &= natural - 1;
+        for (byte, table) in ZIGZAG_BYTES.iter().enumerate() {
+            nonzero |= table[((natural >> (8 * byte)) & 0xFF) as usize];
         }
 
         if self.eob_run == 0 {
@@ -744,8 +784,15 @@ impl BitStream {
                     // The walk stops at the (r + 1)-th zero from k, or at spec_end.
                     let band = band_mask(k, spec_end);
                     let mut zeros = !nonzero & band;
-                    for _ in 0..r {
-                        zeros &= zeros.wrapping_sub(1);
+                    if r > 0 && k + (r as usize) <= spec_end
+                        && nonzero & band_mask(k, k + r as usize) == 0
+                    {
+                        // The next r + 1 coefficients are all zero (the common case).
+                        zeros &= u64::MAX << (k + r as usize);
+                    } else {
+                        for _ in 0..r {
+                            zeros &= zeros.wrapping_sub(1);
+                        }
                     }
                     let (stop, corrected) = if zeros != 0 {
                         let stop = zeros.trailing_zeros() as usize;
@@ -753,25 +800,28 @@ impl BitStream {
                     } else {
                         (spec_end, nonzero & band)
                     };
-                    let mut todo = corrected;
-                    while todo != 0 {
-                        let j = todo.trailing_zeros() as usize;
-                        todo &= todo - 1;
-                        if self.bits_left < 1 {
-                            self.refill(reader)?;
-                            if self.bits_left < 1 && self.marker.is_some() {
-                                return Err(DecodeErrors::Format(
-                                    "Marker found where not expected in refine bit".to_string(),
-                                ));
+                    let n = corrected.count_ones() as u8;
+                    if n <= self.bits_left {
+                        // Enough bits buffered for every correction (upstream's refill check
+                        // never fires): read them straight from the buffer, branch-free.
+                        apply_corrections(block, corrected, self.aligned_buffer, bit);
+                        self.drop_bits(n);
+                    } else {
+                        let mut todo = corrected;
+                        while todo != 0 {
+                            let j = todo.trailing_zeros() as usize;
+                            todo &= todo - 1;
+                            if self.bits_left < 1 {
+                                self.refill(reader)?;
+                                if self.bits_left < 1 && self.marker.is_some() {
+                                    return Err(DecodeErrors::Format(
+                                        "Marker found where not expected in refine bit"
+                                            .to_string(),
+                                    ));
+                                }
                             }
-                        }
-                        let coefficient = &mut block[UN_ZIGZAG[j] & 63];
-                        if self.get_bit() == 1 && (*coefficient & bit) == 0 {
-                            if *coefficient > 0 {
-                                *coefficient = coefficient.wrapping_add(bit);
-                            } else {
-                                *coefficient = coefficient.wrapping_sub(bit);
-                            }
+                            let one = u64::from(self.get_bit());
+                            apply_corrections(block, 1 << j, one << 63, bit);
                         }
                     }
                     k = stop;
@@ -801,19 +851,21 @@ impl BitStream {
                     // marker; the next refill then fills zeros).
                     let band = band_mask(k, spec_end);
                     let mut todo = nonzero & band;
+                    let n = todo.count_ones() as u8;
                     let mut at = k;
+                    if n < self.bits_left {
+                        // The buffer cannot run dry, so no refill happens: take the bits at once.
+                        apply_corrections(block, todo, self.aligned_buffer, bit);
+                        self.drop_bits(n);
+                        todo = 0;
+                        at = spec_end + 1;
+                    }
                     while todo != 0 {
                         let j = todo.trailing_zeros() as usize;
                         todo &= todo - 1;
                         self.refill_for_zeros(reader, j - at)?;
-                        let coefficient = &mut block[UN_ZIGZAG[j] & 63];
-                        if self.get_bit() == 1 && (*coefficient & bit) == 0 {
-                            if *coefficient >= 0 {
-                                *coefficient = coefficient.wrapping_add(bit);
-                            } else {
-                                *coefficient = coefficient.wrapping_sub(bit);
-                            }
-                        }
+                        let one = u64::from(self.get_bit());
+                        apply_corrections(block, 1 << j, one << 63, bit);
                         if self.bits_left < 1 {
                             self.refill(reader)?;
                         }
