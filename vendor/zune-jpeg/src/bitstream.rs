@@ -192,6 +192,20 @@ fn apply_corrections(block: &mut [i16; 64], mut positions: u64, mut bits: u64, b
     }
 }
 
+/// masksub patch: whether this CPU has BMI1, BMI2, POPCNT and LZCNT (every x86-64 since
+/// Haswell), for the scan decoders compiled with them; detected once.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub(crate) fn has_bmi2_popcnt() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt")
+            && std::arch::is_x86_feature_detected!("lzcnt")
+    })
+}
+
 /// Bits `lo..=hi` of a u64 (empty when `lo > hi`); `hi <= 63`.
 #[inline(always)]
 fn band_mask(lo: usize, hi: usize) -> u64 {
@@ -597,7 +611,7 @@ impl BitStream {
     }
 
     /// Discard the next `N` bits without checking
-    #[inline]
+    #[inline(always)]
     fn drop_bits(&mut self, n: u8) {
         // PS: Its a good check, but triggers fuzzer and a lot of false positives
         //debug_assert!(self.bits_left >= n);
@@ -620,7 +634,7 @@ impl BitStream {
 
     /// Decode a DC block
     #[allow(clippy::cast_possible_truncation)]
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode_prog_dc_first<T>(
         &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, block: &mut i16,
         dc_prediction: &mut i32
@@ -632,7 +646,7 @@ impl BitStream {
         *block = (*dc_prediction as i16).wrapping_mul(self.successive_low_mask);
         return Ok(());
     }
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode_prog_dc_refine<T>(
         &mut self, reader: &mut ZReader<T>, block: &mut i16
     ) -> Result<(), DecodeErrors>
@@ -659,13 +673,85 @@ impl BitStream {
     }
 
     /// Get a single bit from the bitstream
+    #[inline(always)]
     fn get_bit(&mut self) -> u8 {
         let k = (self.aligned_buffer >> 63) as u8;
         // discard a bit
         self.drop_bits(1);
         return k;
     }
+    /// masksub patch: the AC decoders of progressive scans, each also compiled with BMI1,
+    /// BMI2, POPCNT and LZCNT (`BMI2 = true`, only where [`has_bmi2_popcnt`] said so) and kept
+    /// out of line, as upstream's are.
+    #[inline(always)]
+    pub(crate) fn decode_mcu_ac<const BMI2: bool, const REFINE: bool, T>(
+        &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
+    ) -> Result<bool, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if BMI2 {
+            // SAFETY: BMI2 is set only on CPUs with the features these are compiled for.
+            return unsafe {
+                if REFINE {
+                    self.decode_mcu_ac_refine_bmi2(reader, table, block)
+                } else {
+                    self.decode_mcu_ac_first_bmi2(reader, table, block)
+                }
+            };
+        }
+        if REFINE {
+            self.decode_mcu_ac_refine(reader, table, block)
+        } else {
+            self.decode_mcu_ac_first(reader, table, block)
+        }
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+    #[inline(never)]
+    unsafe fn decode_mcu_ac_first_bmi2<T>(
+        &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
+    ) -> Result<bool, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
+        self.decode_mcu_ac_first_body(reader, table, block)
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+    #[inline(never)]
+    unsafe fn decode_mcu_ac_refine_bmi2<T>(
+        &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
+    ) -> Result<bool, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
+        self.decode_mcu_ac_refine_body(reader, table, block)
+    }
+
     pub(crate) fn decode_mcu_ac_first<T>(
+        &mut self, reader: &mut ZReader<T>, ac_table: &HuffmanTable, block: &mut [i16; 64]
+    ) -> Result<bool, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
+        self.decode_mcu_ac_first_body(reader, ac_table, block)
+    }
+
+    pub(crate) fn decode_mcu_ac_refine<T>(
+        &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
+    ) -> Result<bool, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
+        self.decode_mcu_ac_refine_body(reader, table, block)
+    }
+
+    #[inline(always)]
+    fn decode_mcu_ac_first_body<T>(
         &mut self, reader: &mut ZReader<T>, ac_table: &HuffmanTable, block: &mut [i16; 64]
     ) -> Result<bool, DecodeErrors>
     where
@@ -731,7 +817,8 @@ impl BitStream {
     /// order and jumps between them (`trailing_zeros`), which does the same reads of the bit
     /// stream in the same order and so gives the same coefficients, results and stream
     /// state, including on corrupt data (tested against `decode_mcu_ac_refine_reference`).
-    pub(crate) fn decode_mcu_ac_refine<T>(
+    #[inline(always)]
+    fn decode_mcu_ac_refine_body<T>(
         &mut self,
         reader: &mut ZReader<T>,
         table: &HuffmanTable,
@@ -1180,6 +1267,17 @@ mod refine_tests {
 
     #[test]
     fn mask_refinement_matches_upstream_walk() {
+        // The portable copy, and the BMI2 copy where the CPU has it.
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        let copies: &[bool] = if super::has_bmi2_popcnt() { &[false, true] } else { &[false] };
+        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        let copies: &[bool] = &[false];
+        for &bmi2 in copies {
+            refinement_matches_upstream_walk(bmi2);
+        }
+    }
+
+    fn refinement_matches_upstream_walk(bmi2: bool) {
         let table = refine_table();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let (mut blocks_done, mut errors) = (0, 0);
@@ -1199,7 +1297,11 @@ mod refine_tests {
             for _ in 0..1 + rng.below(24) {
                 let block = random_block(&mut rng, al);
                 let (mut bf, mut bs) = (block, block);
-                let got = fast.decode_mcu_ac_refine(&mut rf, &table, &mut bf);
+                let got = if bmi2 {
+                    fast.decode_mcu_ac::<true, true, _>(&mut rf, &table, &mut bf)
+                } else {
+                    fast.decode_mcu_ac::<false, true, _>(&mut rf, &table, &mut bf)
+                };
                 let want = slow.decode_mcu_ac_refine_reference(&mut rs, &table, &mut bs);
                 assert_eq!(bf, bs, "coefficients");
                 assert_eq!(
@@ -1238,7 +1340,7 @@ mod refine_tests {
         // Both the clean and the corrupt paths were exercised.
         assert!(
             blocks_done > 100_000 && errors > 1_000,
-            "{blocks_done} blocks, {errors} errors"
+            "{blocks_done} blocks, {errors} errors (bmi2 copy: {bmi2})"
         );
     }
 }

@@ -218,7 +218,31 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
     }
 
     #[allow(clippy::too_many_lines, clippy::cast_sign_loss)]
+    /// masksub patch: the scan's entropy decoding, compiled a second time with BMI1/BMI2,
+    /// POPCNT and LZCNT (one-instruction popcount, tzcnt and flag-free variable shifts, which
+    /// the bit reader and the refinement masks use per coefficient) and picked at run time;
+    /// the same source either way, so the same coefficients.
     fn parse_entropy_coded_data(
+        &mut self, stream: &mut BitStream, buffer: &mut [Vec<i16>; MAX_COMPONENTS]
+    ) -> Result<(), DecodeErrors> {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if crate::bitstream::has_bmi2_popcnt() {
+            // SAFETY: the CPU has every feature the function is compiled for (checked above).
+            return unsafe { self.parse_entropy_coded_data_bmi2(stream, buffer) };
+        }
+        self.parse_entropy_coded_data_impl::<false>(stream, buffer)
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[target_feature(enable = "bmi1,bmi2,popcnt,lzcnt")]
+    unsafe fn parse_entropy_coded_data_bmi2(
+        &mut self, stream: &mut BitStream, buffer: &mut [Vec<i16>; MAX_COMPONENTS]
+    ) -> Result<(), DecodeErrors> {
+        self.parse_entropy_coded_data_impl::<true>(stream, buffer)
+    }
+
+    #[inline(always)]
+    fn parse_entropy_coded_data_impl<const BMI2: bool>(
         &mut self, stream: &mut BitStream, buffer: &mut [Vec<i16>; MAX_COMPONENTS]
     ) -> Result<(), DecodeErrors> {
         self.reset_prog_params(stream);
@@ -315,10 +339,10 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
                             if self.succ_high == 0 {
                                 debug_assert!(stream.eob_run == 0, "EOB run is not zero");
 
-                                stream.decode_mcu_ac_first(&mut self.stream, ac_table, data)?;
+                                stream.decode_mcu_ac::<BMI2, false, _>(&mut self.stream, ac_table, data)?;
                             } else {
                                 // refinement scan
-                                stream.decode_mcu_ac_refine(&mut self.stream, ac_table, data)?;
+                                stream.decode_mcu_ac::<BMI2, true, _>(&mut self.stream, ac_table, data)?;
                             }
                             // Check for a marker.
                             // It can appear in stream CC https://github.com/etemesi254/zune-image/issues/300
@@ -427,6 +451,7 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         return Ok(());
     }
 
+    #[inline(always)] // masksub patch: called per block from the BMI2 scan decoder
     pub(crate) fn handle_rst_main(&mut self, stream: &mut BitStream) -> Result<(), DecodeErrors> {
         if self.todo == 0 {
             stream.refill(&mut self.stream)?;
@@ -470,7 +495,30 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
     }
     #[allow(clippy::too_many_lines)]
     #[allow(clippy::needless_range_loop, clippy::cast_sign_loss)]
+    /// masksub patch: compiled a second time with AVX2 and picked where the options allow
+    /// AVX2 (as the IDCT is), so the per-block dequantization (an i32 multiply, which baseline
+    /// x86-64 lacks as a vector instruction) vectorizes; integer arithmetic, the same output.
     fn finish_progressive_decoding(
+        &mut self, block: &[Vec<i16>; MAX_COMPONENTS], pixels: &mut [u8]
+    ) -> Result<(), DecodeErrors> {
+        #[cfg(all(feature = "x86", target_arch = "x86_64"))]
+        if self.options.use_avx2() {
+            // SAFETY: `use_avx2` is true only where the CPU has AVX2.
+            return unsafe { self.finish_progressive_decoding_avx2(block, pixels) };
+        }
+        self.finish_progressive_decoding_impl(block, pixels)
+    }
+
+    #[cfg(all(feature = "x86", target_arch = "x86_64"))]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish_progressive_decoding_avx2(
+        &mut self, block: &[Vec<i16>; MAX_COMPONENTS], pixels: &mut [u8]
+    ) -> Result<(), DecodeErrors> {
+        self.finish_progressive_decoding_impl(block, pixels)
+    }
+
+    #[inline(always)]
+    fn finish_progressive_decoding_impl(
         &mut self, block: &[Vec<i16>; MAX_COMPONENTS], pixels: &mut [u8]
     ) -> Result<(), DecodeErrors> {
         // This function is complicated because we need to replicate
