@@ -3,14 +3,13 @@
 //! progressive as shipped, and re-encoded as baseline JPEG like most ImageNet files), 1 and 2
 //! threads, alternating rounds, medians; writes the "Data pipeline" section of BENCHMARKS.md.
 
-use crate::common::{capture, median, repo_root};
+use crate::common::{
+    build_masksub, load_average, machine_line, median, repo_root, scratch_dir, write_section,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const BEGIN: &str = "<!-- xtask bench-data: begin (generated, do not edit) -->";
-const END: &str = "<!-- xtask bench-data: end -->";
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -71,15 +70,10 @@ pub fn run_bench(a: Args) -> Result<()> {
             photos.display()
         );
     }
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "masksub-cli",
-    ]))?;
-    let bin = root.join("target/release/masksub");
+    let bin = build_masksub(&[])?;
     let script = root.join("tools/data/bench_pil.py");
-    let work = std::env::temp_dir().join(format!("masksub-bench-data-{}", std::process::id()));
+    let load_before = load_average();
+    let work = scratch_dir("bench-data")?;
     let prog = work.join("progressive");
     let base = work.join("baseline");
     std::fs::create_dir_all(&prog)?;
@@ -158,37 +152,20 @@ pub fn run_bench(a: Args) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&work);
-    let section = format!(
-        "{BEGIN}\n## Data pipeline (`cargo xtask bench-data`)\n\n\
+    let body = format!(
+        "## Data pipeline (`cargo xtask bench-data`)\n\n\
          Decode + RandomResizedCrop 224 (bilinear, scale 0.08-1) + horizontal flip + normalize to CHW f32, images/s on the 20 ImageNet \
          photos of foolbox 3.3.4 (512x512) repeated, {} images per measurement, {} alternating rounds, medians. masksub: `masksub bench data` \
-         (vendored zune-jpeg with its refinement patch, AVX2 resampling; its own threads, 2 untimed images each); PIL: tools/data/bench_pil.py \
+         (vendored zune-jpeg with its progressive-decoding patches, AVX2 resampling; its own threads, 2 untimed images each); PIL: tools/data/bench_pil.py \
          (torchvision transforms, one process per thread, torch 1 thread each, 2 untimed images each). The rounds' range is given beside each median.\n\n\
          | JPEGs | threads | masksub img/s | range | PIL+torchvision img/s | range | ratio |\n|---|---|---|---|---|---|---|\n{table}\n\
-         Machine: {} cores visible (shared with other jobs, so rates vary run to run); {}; {py_versions}; masksub {}; date {}.\n{END}\n",
+         Load average {load_before} before / {} after. {py_versions}. {}",
         a.count,
         a.rounds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        capture("rustc", &["--version"]),
-        capture("git", &["rev-parse", "--short", "HEAD"]),
-        chrono::Local::now().format("%Y-%m-%d %H:%M"),
+        load_average(),
+        machine_line(),
     );
-    let path = if a.file.is_absolute() {
-        a.file.clone()
-    } else {
-        root.join(&a.file)
-    };
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
-            &old[..b],
-            section,
-            old[e + END.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n\n{}", old.trim_end(), section),
-    };
-    std::fs::write(&path, new).with_context(|| format!("{}: cannot write", path.display()))?;
+    let path = write_section(&a.file, "bench-data", &body)?;
     print!("{table}");
     println!("-> {}", path.display());
     Ok(())

@@ -78,6 +78,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// 1-minute load average (Linux), so a section says whether the machine was shared.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// One line: CPU, cores, rustc, git revision, date.
 pub fn machine_line() -> String {
     format!(

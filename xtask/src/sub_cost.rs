@@ -3,7 +3,8 @@
 //! recorded in BENCHMARKS.md with the machine, versions and date.
 
 use crate::common::{
-    build_masksub, machine_line, median, read_summary, scratch_dir, summary_f64, write_section,
+    build_masksub, load_average, machine_line, median, read_summary, scratch_dir, summary_f64,
+    write_section,
 };
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -57,14 +58,6 @@ fn section_name(model: &str) -> String {
     } else {
         format!("sub-cost {model}")
     }
-}
-
-/// 1-minute load average (Linux), so a section says whether the machine was shared.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn run(a: Args) -> Result<()> {
