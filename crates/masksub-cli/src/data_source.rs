@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// What kind of data `--data` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataSource {
     /// MNIST-family IDX files, held in memory.
     Idx,
@@ -51,6 +51,55 @@ impl DataSource {
         } else {
             DataSource::ImageFolder
         }
+    }
+}
+
+/// [`DataSource::detect`] for `--data`, which must exist unless it is `hf://` or a pattern.
+pub fn detect_existing(path: &Path) -> Result<DataSource> {
+    let spec = path.to_string_lossy();
+    if !(spec.starts_with("hf://") || spec.contains('{') || path.exists()) {
+        anyhow::bail!("--data {}: no such file or folder", path.display());
+    }
+    Ok(DataSource::detect(path))
+}
+
+/// One split of streamed data (`kind` is `Shards` or `ImageFolder`).
+pub fn open_stream_split(path: &Path, kind: DataSource, split: &str) -> Result<StreamDataset> {
+    Ok(if kind == DataSource::Shards {
+        StreamDataset::from_shards(&path.to_string_lossy(), split, &HubOptions::default())?
+    } else {
+        StreamDataset::from_folder(path, split)?
+    })
+}
+
+/// The loader settings of a run's config, for training (`train`) or evaluation.
+pub fn stream_config(
+    cfg: &TrainConfig,
+    img_size: usize,
+    num_classes: usize,
+    rank: usize,
+    world: usize,
+    train: bool,
+) -> StreamConfig {
+    let mut aug = cfg.image_aug.clone();
+    aug.img_size = img_size;
+    StreamConfig {
+        batch_size: if train {
+            cfg.batch_size / world
+        } else {
+            cfg.eval_batch_size
+        },
+        workers: cfg.workers,
+        shuffle_buffer: cfg.shuffle_buffer,
+        seed: cfg.seed,
+        rank,
+        world_size: world,
+        strict: cfg.strict_data,
+        train,
+        repeats: cfg.repeats,
+        aug,
+        mixup: cfg.mixup,
+        num_classes,
     }
 }
 
@@ -118,9 +167,8 @@ impl TrainLoader<'_> {
 impl TrainData {
     /// Opens the data `cfg.data` names.
     pub fn open(cfg: &TrainConfig) -> Result<Self> {
-        let hub = HubOptions::default();
         let path = cfg.data.as_path();
-        Ok(match DataSource::detect(path) {
+        Ok(match detect_existing(path)? {
             DataSource::Idx => {
                 let mut train = InMemoryDataset::from_idx_dir(path, Split::Train)?;
                 if let Some(n) = cfg.train_subset {
@@ -130,18 +178,11 @@ impl TrainData {
                 TrainData::InMemory { train, test }
             }
             kind => {
-                let open = |split: &str| -> Result<StreamDataset> {
-                    Ok(if kind == DataSource::Shards {
-                        StreamDataset::from_shards(&path.to_string_lossy(), split, &hub)?
-                    } else {
-                        StreamDataset::from_folder(path, split)?
-                    })
-                };
-                let mut train = open(&cfg.train_split)?;
+                let mut train = open_stream_split(path, kind, &cfg.train_split)?;
                 if let Some(n) = cfg.train_subset {
                     train.num_samples = train.num_samples.min(n);
                 }
-                let test = open(&cfg.val_split)?;
+                let test = open_stream_split(path, kind, &cfg.val_split)?;
                 TrainData::Stream {
                     train: Arc::new(train),
                     test: Arc::new(test),
@@ -185,37 +226,6 @@ impl TrainData {
         }
     }
 
-    fn stream_cfg(
-        &self,
-        cfg: &TrainConfig,
-        img_size: usize,
-        num_classes: usize,
-        rank: usize,
-        world: usize,
-        train: bool,
-    ) -> StreamConfig {
-        let mut aug = cfg.image_aug.clone();
-        aug.img_size = img_size;
-        StreamConfig {
-            batch_size: if train {
-                cfg.batch_size / world
-            } else {
-                cfg.eval_batch_size
-            },
-            workers: cfg.workers,
-            shuffle_buffer: cfg.shuffle_buffer,
-            seed: cfg.seed,
-            rank,
-            world_size: world,
-            strict: cfg.strict_data,
-            train,
-            repeats: cfg.repeats,
-            aug,
-            mixup: cfg.mixup,
-            num_classes,
-        }
-    }
-
     /// The training loader of `rank`.
     pub fn train_loader(
         &self,
@@ -241,7 +251,7 @@ impl TrainData {
             }
             TrainData::Stream { train, .. } => TrainLoader::Stream(StreamLoader::new(
                 Arc::clone(train),
-                self.stream_cfg(cfg, img_size, num_classes, rank, world, true),
+                stream_config(cfg, img_size, num_classes, rank, world, true),
                 device.clone(),
             )?),
         })
@@ -262,7 +272,7 @@ impl TrainData {
                 evaluate_sharded(model, test, cfg.eval_batch_size, device, coll)
             }
             TrainData::Stream { test, .. } => {
-                let sc = self.stream_cfg(
+                let sc = stream_config(
                     cfg,
                     img_size,
                     num_classes,

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data_source;
 pub mod device;
+pub mod error_text;
 pub mod eval;
 pub mod init_weights;
 pub mod metrics;

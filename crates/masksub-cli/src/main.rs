@@ -62,7 +62,7 @@ fn main() {
         Command::Recipes(a) => commands::recipes::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", masksub_cli::error_text::error_text(&e));
         std::process::exit(1);
     }
 }

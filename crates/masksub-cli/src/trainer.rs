@@ -230,10 +230,11 @@ pub fn train(cfg: &TrainConfig, opts: RunOptions) -> Result<TrainSummary> {
     if main {
         let n_params: usize = vars.iter().map(|v| v.elem_count()).sum();
         progress.println(&format!(
-            "masksub: {} ({:.2}M params), sub={:?}, {} train / {} test images, {} epochs x {} steps, out {}",
+            "masksub: {} ({:.2}M params), sub={}{}, {} train / {} test images, {} epochs x {} steps, out {}",
             cfg.model,
             n_params as f64 / 1e6,
-            cfg.sub,
+            cfg.sub.kind(),
+            cfg.sub.ratio().map(|r| format!(" r={r}")).unwrap_or_default(),
             data.lens().0,
             data.lens().1,
             cfg.epochs,

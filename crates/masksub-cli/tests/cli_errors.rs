@@ -27,9 +27,12 @@ fn bad_train_inputs_name_what_is_wrong() {
         ),
         (
             &["train", "--data", "/nonexistent/fmnist", "--out", o],
-            "/nonexistent/fmnist",
+            "--data /nonexistent/fmnist: no such file or folder",
         ),
-        (&["train", "--mask-ratio", "1.5", "--out", o], "sub.ratio"),
+        (
+            &["train", "--mask-ratio", "1.5", "--out", o],
+            "sub.ratio`: 1.5 is not in (0, 1) for `--sub masking`",
+        ),
         (
             &["train", "--sub", "dropout", "--sub-ratio", "0", "--out", o],
             "sub.ratio",

@@ -339,4 +339,20 @@ fn cli_converts_cifar_photos_and_trains_on_the_shards() {
     assert!(s.final_train_loss.is_finite() && s.test_loss.is_finite());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"skipped_samples\":0"), "{metrics}");
+
+    // `masksub eval` finds the run's shards and transform in its config.json and scores the
+    // checkpoint as the trainer's last evaluation did.
+    let out = Command::new(bin)
+        .args(["eval", "--checkpoint"])
+        .arg(run.join("last.safetensors"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("on 20 test images: top-1 {:.2}%", s.test_top1);
+    assert!(text.contains(&want), "{text} lacks `{want}`");
 }

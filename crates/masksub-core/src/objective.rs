@@ -27,6 +27,16 @@ pub enum SubModel {
 }
 
 impl SubModel {
+    /// The CLI / config name of the kind: `none`, `masking`, `dropout` or `droppath`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SubModel::None => "none",
+            SubModel::Masking { .. } => "masking",
+            SubModel::Dropout { .. } => "dropout",
+            SubModel::DropPath { .. } => "droppath",
+        }
+    }
+
     /// The sub pass's rate (mask ratio, dropout or drop-path rate); None for plain training.
     pub fn ratio(&self) -> Option<f64> {
         match *self {
@@ -51,7 +61,7 @@ impl SubModel {
         match self.ratio() {
             Some(r) if !(r > 0.0 && r < 1.0) => Err(CoreError::config(
                 field,
-                format!("{r} is not in (0, 1) for {self:?}"),
+                format!("{r} is not in (0, 1) for `--sub {}`", self.kind()),
             )),
             _ => Ok(()),
         }

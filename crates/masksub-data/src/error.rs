@@ -49,8 +49,8 @@ pub enum DataError {
     /// A shard named by the source does not exist.
     #[error("missing shard {}", path.display())]
     MissingShard { path: PathBuf },
-    /// A Hugging Face Hub file could not be had.
-    #[error("hf://datasets/{repo} file `{file}`: {msg}")]
+    /// A Hugging Face Hub file (or, with an empty `file`, the repo's file list) could not be had.
+    #[error("hf://datasets/{repo}{}: {msg}", hub_file(.file))]
     Hub {
         repo: String,
         file: String,
@@ -66,6 +66,15 @@ pub enum DataError {
     /// Building a tensor on the target device failed.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
+}
+
+/// ` file `name`` for [`DataError::Hub`]; nothing for a repo-level failure.
+fn hub_file(file: &str) -> String {
+    if file.is_empty() {
+        String::new()
+    } else {
+        format!(" file `{file}`")
+    }
 }
 
 /// Shorthand used throughout the crate.

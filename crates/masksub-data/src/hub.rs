@@ -128,10 +128,15 @@ pub fn resolve_shards(spec: &str, split: &str, opts: &HubOptions) -> Result<Vec<
         }),
         samples,
     };
-    let info = fetch_file(&repo_id, &revision, "_info.json", opts)
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| DatasetInfo::parse(&t));
+    // A repo without `_info.json` lists its shards by name; one that has it must parse.
+    let info = match fetch_file(&repo_id, &revision, "_info.json", opts) {
+        Ok(path) => {
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| DataError::Io { path, source })?;
+            Some(DatasetInfo::parse(&text).map_err(|msg| hub_err(&repo_id, "_info.json", msg))?)
+        }
+        Err(_) => None,
+    };
     if let Some(counts) = info.as_ref().and_then(|i| i.split_counts(split)) {
         return Ok(counts.into_iter().map(|(f, n)| shard(f, Some(n))).collect());
     }
@@ -157,11 +162,11 @@ fn list_files(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<Vec<St
     let api = ApiBuilder::from_cache(cache)
         .with_progress(false)
         .build()
-        .map_err(|e| hub_err(repo_id, "", e.to_string()))?;
+        .map_err(|e| hub_err(repo_id, "", format!("cannot list the repo's files: {e}")))?;
     let info = api
         .repo(repo(repo_id, revision))
         .info()
-        .map_err(|e| hub_err(repo_id, "", e.to_string()))?;
+        .map_err(|e| hub_err(repo_id, "", format!("cannot list the repo's files: {e}")))?;
     Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
 }
 

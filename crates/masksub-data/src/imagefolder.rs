@@ -55,6 +55,15 @@ impl ImageFolder {
             imgs.sort();
             files.extend(imgs.into_iter().map(|p| (p, label as u32)));
         }
+        if files.is_empty() {
+            return Err(DataError::Spec {
+                spec: base.display().to_string(),
+                msg: format!(
+                    "no images for split `{split}` (class folders: {})",
+                    classes.join(", ")
+                ),
+            });
+        }
         Ok(ImageFolder {
             root: base,
             classes,

@@ -69,7 +69,7 @@ impl ShardSet {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
-            let counts = read_info(&dir).and_then(|i| i.split_counts(split));
+            let counts = read_info(&dir)?.and_then(|i| i.split_counts(split));
             names
                 .into_iter()
                 .map(|n| local_shard(PathBuf::from(n), counts.as_ref()))
@@ -132,7 +132,7 @@ fn local_shard(path: PathBuf, counts: Option<&Vec<(String, usize)>>) -> Result<S
 /// A folder: the split's `filenames` from `_info.json`, else `<split>/*.tar`, else the
 /// `*.tar` files whose name contains the split name.
 fn dir_shards(dir: &Path, split: &str) -> Result<Vec<Shard>> {
-    if let Some(info) = read_info(dir) {
+    if let Some(info) = read_info(dir)? {
         if let Some(counts) = info.split_counts(split) {
             return counts
                 .iter()
@@ -201,16 +201,25 @@ impl DatasetInfo {
         )
     }
 
-    /// Parses JSON text; `None` if it is not a dataset info.
-    pub fn parse(text: &str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+    /// Parses JSON text; the error says why it is not a dataset info.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        serde_json::from_str(text)
+            .map_err(|e| format!("not a dataset info (timm's `_info.json` layout): {e}"))
     }
 }
 
-/// `dir/_info.json` if it exists and parses.
-pub fn read_info(dir: &Path) -> Option<DatasetInfo> {
-    let text = std::fs::read_to_string(dir.join("_info.json")).ok()?;
+/// `dir/_info.json`: `None` where there is none; an error naming the file where it cannot be
+/// read or parsed (a broken one is never silently replaced by a guess).
+pub fn read_info(dir: &Path) -> Result<Option<DatasetInfo>> {
+    let path = dir.join("_info.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(DataError::Io { path, source }),
+    };
     DatasetInfo::parse(&text)
+        .map(Some)
+        .map_err(|msg| DataError::format(&path, msg))
 }
 
 /// Expands `{a..b}` ranges (zero padding kept from `a`) and `{x,y}` lists, as braceexpand.

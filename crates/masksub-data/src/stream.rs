@@ -63,7 +63,10 @@ impl StreamDataset {
     /// (which also finds the largest label, giving `num_classes`).
     pub fn from_shards(spec: &str, split: &str, hub: &HubOptions) -> Result<Self> {
         let mut set = ShardSet::resolve(spec, split, hub)?;
-        let info = local_dir(&set).and_then(|d| read_info(&d));
+        let info = match local_dir(&set) {
+            Some(dir) => read_info(&dir)?,
+            None => None,
+        };
         let classes = info
             .as_ref()
             .and_then(|i| i.splits.get(split))

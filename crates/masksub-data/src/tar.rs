@@ -25,8 +25,16 @@ pub enum TarError {
     Io(#[from] std::io::Error),
     #[error("truncated {0}")]
     Truncated(&'static str),
-    #[error("bad header after member {after:?}: {msg}")]
+    #[error("bad header {}: {msg}", position(.after))]
     Header { after: Option<String>, msg: String },
+}
+
+/// Where a bad header sits, for [`TarError::Header`]'s message.
+fn position(after: &Option<String>) -> String {
+    match after {
+        Some(name) => format!("after member `{name}`"),
+        None => "at the start of the stream".into(),
+    }
 }
 
 /// Iterates over the regular files of a tar stream. After the first error it yields nothing.

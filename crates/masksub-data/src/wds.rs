@@ -150,7 +150,7 @@ fn stream_error(after: Option<String>, e: &TarError) -> BadSample {
             Some(k) => format!("after {k}"),
             None => "<tar stream>".to_string(),
         },
-        reason: format!("broken tar member: {e}"),
+        reason: format!("broken tar member: {e} (the rest of the shard is unreadable and skipped)"),
     }
 }
 

@@ -130,7 +130,7 @@ impl ShardWriter {
         self.close_current()?;
         self.info.classes = classes;
         let path = self.dir.join("_info.json");
-        let mut info = crate::shards::read_info(&self.dir).unwrap_or_else(|| DatasetInfo {
+        let mut info = crate::shards::read_info(&self.dir)?.unwrap_or_else(|| DatasetInfo {
             name: self.prefix.clone(),
             ..DatasetInfo::default()
         });

@@ -271,4 +271,42 @@ fn image_folder_streams_every_file_with_sorted_class_labels() {
     pairs.sort();
     // img i keeps the label of its folder: ant = 0, moth = 1, zebra = 2.
     assert_eq!(pairs, vec![(0, 2), (1, 0), (2, 0), (3, 1), (4, 2), (5, 0)]);
+    // A split the folder lacks is an error, not an empty test set scored 0%.
+    let e = StreamDataset::from_folder(dir.path(), "validation").unwrap_err();
+    assert!(
+        e.to_string().contains("no images for split `validation`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_broken_info_json_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    make_shards(dir.path(), 4, 2);
+    let info = dir.path().join("_info.json");
+    for bad in [
+        &b"{ not json"[..],
+        br#"{"splits": {"train": {"num_samples": "many"}}}"#,
+    ] {
+        std::fs::write(&info, bad).unwrap();
+        for spec in [
+            dir.path().to_string_lossy().into_owned(),
+            format!("{}/t-train-{{000000..000001}}.tar", dir.path().display()),
+        ] {
+            let e = StreamDataset::from_shards(&spec, "train", &HubOptions::default()).unwrap_err();
+            assert!(
+                matches!(&e, DataError::Format { path, msg }
+                    if *path == info && msg.contains("not a dataset info")),
+                "{spec}: {e}"
+            );
+        }
+    }
+    // The converter refuses to merge a new split into it (the file is left as it was).
+    let mut w = ShardWriter::new(dir.path(), "t", "validation", 2, ShardImageFormat::Png).unwrap();
+    w.write("v0", &image(0), 0).unwrap();
+    assert!(matches!(w.finish(vec![]), Err(DataError::Format { .. })));
+    assert_eq!(
+        std::fs::read(&info).unwrap(),
+        br#"{"splits": {"train": {"num_samples": "many"}}}"#
+    );
 }

@@ -82,7 +82,7 @@ pub struct TrainArgs {
     sub: Option<SubKind>,
     /// The sub pass's rate: share of the input masked, or the dropout / drop-path rate
     /// [default: 0.5]
-    #[arg(long, alias = "sub-ratio")]
+    #[arg(long, visible_alias = "sub-ratio")]
     mask_ratio: Option<f64>,
     #[arg(long)]
     epochs: Option<usize>,
@@ -288,7 +288,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             // A rank that stops must take the job down, or its peers wait in the next
             // collective until the watchdog fires: exiting without MPI_Finalize makes mpirun
             // end every rank.
-            eprintln!("error (rank {rank} of {world}): {e:#}");
+            eprintln!(
+                "error (rank {rank} of {world}): {}",
+                masksub_cli::error_text::error_text(&e)
+            );
             std::process::exit(1)
         }
         Err(e) => Err(e),
