@@ -31,7 +31,7 @@ impl DataSource {
     /// folder an ImageFolder.
     pub fn detect(data: &Path) -> Self {
         let s = data.to_string_lossy();
-        if s.starts_with("hf://") || s.contains('{') || s.ends_with(".tar") {
+        if not_a_local_path(&s) || s.ends_with(".tar") {
             return DataSource::Shards;
         }
         let names: Vec<String> = std::fs::read_dir(data)
@@ -56,11 +56,15 @@ impl DataSource {
 
 /// [`DataSource::detect`] for `--data`, which must exist unless it is `hf://` or a pattern.
 pub fn detect_existing(path: &Path) -> Result<DataSource> {
-    let spec = path.to_string_lossy();
-    if !(spec.starts_with("hf://") || spec.contains('{') || path.exists()) {
+    if !(not_a_local_path(&path.to_string_lossy()) || path.exists()) {
         anyhow::bail!("--data {}: no such file or folder", path.display());
     }
     Ok(DataSource::detect(path))
+}
+
+/// An `hf://` address or a brace pattern: names shards, but is no path on disk.
+fn not_a_local_path(spec: &str) -> bool {
+    spec.starts_with("hf://") || spec.contains('{')
 }
 
 /// One split of streamed data (`kind` is `Shards` or `ImageFolder`).
