@@ -146,14 +146,23 @@ pub fn resolve_shards(spec: &str, split: &str, opts: &HubOptions) -> Result<Vec<
     Ok(files.into_iter().map(|f| shard(f, None)).collect())
 }
 
+const LIST_FAILED: &str = "cannot list the repo's files";
+const OFFLINE_HINT: &str = " (without network, HF_HUB_OFFLINE=1 reads the hub cache only)";
+
 /// The repo's file list: from the Hub API, or offline from the cached snapshot folder.
 fn list_files(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<Vec<String>> {
     let cache = opts.cache();
     if opts.is_offline() {
         let r = repo(repo_id, revision);
         let base = cache.path().join(r.folder_name());
-        let commit = std::fs::read_to_string(base.join("refs").join(revision))
-            .map_err(|e| hub_err(repo_id, "refs", format!("offline, no cached revision: {e}")))?;
+        let refs = base.join("refs").join(revision);
+        let commit = std::fs::read_to_string(&refs).map_err(|e| {
+            let msg = format!(
+                "offline, and the hub cache has no revision `{revision}` of it ({}: {e})",
+                refs.display()
+            );
+            hub_err(repo_id, "", msg)
+        })?;
         let snap = base.join("snapshots").join(commit.trim());
         let mut out = Vec::new();
         walk(&snap, &snap, &mut out);
@@ -162,11 +171,11 @@ fn list_files(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<Vec<St
     let api = ApiBuilder::from_cache(cache)
         .with_progress(false)
         .build()
-        .map_err(|e| hub_err(repo_id, "", format!("cannot list the repo's files: {e}")))?;
+        .map_err(|e| hub_err(repo_id, "", format!("{LIST_FAILED}: {e}{OFFLINE_HINT}")))?;
     let info = api
         .repo(repo(repo_id, revision))
         .info()
-        .map_err(|e| hub_err(repo_id, "", format!("cannot list the repo's files: {e}")))?;
+        .map_err(|e| hub_err(repo_id, "", format!("{LIST_FAILED}: {e}{OFFLINE_HINT}")))?;
     Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
 }
 

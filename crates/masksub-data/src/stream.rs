@@ -599,8 +599,9 @@ impl StreamEpoch {
                         return Err(msg);
                     }
                     self.skipped += 1;
-                    if self.bad_examples.len() < KEEP_BAD {
-                        self.bad_examples.push(msg.to_string());
+                    let text = msg.to_string();
+                    if self.bad_examples.len() < KEEP_BAD && !self.bad_examples.contains(&text) {
+                        self.bad_examples.push(text);
                     }
                 }
                 Some(Item::Sample { data, label }) => {

@@ -239,7 +239,19 @@ fn hub_dataset_resolves_offline_from_a_hub_cache_layout() {
     let e = StreamDataset::from_shards("hf://datasets/acme/tiny-wds@v2", "train", &opts)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("acme/tiny-wds"), "{e}");
+    assert!(
+        e.contains("acme/tiny-wds") && e.contains("the hub cache has no revision `v2`"),
+        "{e}"
+    );
+    // A cached _info.json that does not parse is an error naming it, not a silent guess.
+    std::fs::write(snap.join("_info.json"), b"{ broken").unwrap();
+    let e = StreamDataset::from_shards("hf://datasets/acme/tiny-wds", "train", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("acme/tiny-wds file `_info.json`") && e.contains("not a dataset info"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -42,6 +42,9 @@ struct Row {
 }
 
 pub fn run(a: DataBenchArgs) -> Result<()> {
+    if a.count == 0 {
+        bail!("--count must be positive");
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.images)
         .with_context(|| format!("{}: cannot read", a.images.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
