@@ -51,6 +51,36 @@ fn rates(path: &Path) -> Result<Vec<(u64, f64)>> {
         .collect()
 }
 
+/// `count` copies of the photos in `dir` (hard links) as one ImageFolder class, written as
+/// WebDataset shards by `masksub data convert` (JPEG bytes kept), for the loader measurement.
+fn shards_of(bin: &Path, dir: &Path, count: usize, out: &Path) -> Result<PathBuf> {
+    let class = out.join("folder/train/0");
+    std::fs::create_dir_all(&class)?;
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    photos.sort();
+    if photos.is_empty() {
+        bail!("{}: no photos", dir.display());
+    }
+    for i in 0..count {
+        let src = &photos[i % photos.len()];
+        let dst = class.join(format!("{i:06}.jpg"));
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst)?;
+        }
+    }
+    let shards = out.join("shards");
+    run(Command::new(bin)
+        .args(["data", "convert", "--splits", "train", "--format", "keep"])
+        .args(["--samples-per-shard", "500", "--input"])
+        .arg(out.join("folder"))
+        .arg("--out")
+        .arg(&shards)
+        .stdout(std::process::Stdio::null()))?;
+    Ok(shards)
+}
+
 /// `min-max` of the rounds' rates.
 fn spread(v: &[f64]) -> String {
     let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -100,9 +130,29 @@ pub fn run_bench(a: Args) -> Result<()> {
         ("progressive (as shipped)", &prog),
         ("baseline (re-encoded q90)", &base),
     ] {
-        let (mut ours, mut theirs): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
-            (vec![vec![]; 2], vec![vec![]; 2]);
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let shards = shards_of(&bin, dir, a.count, &work.join(format!("{name}-loader")))?;
+        // Rates per thread count (1, 2), one entry per round.
+        let mut ours: Vec<Vec<f64>> = vec![vec![]; 2];
+        let (mut loader, mut theirs) = (ours.clone(), ours.clone());
         for r in 0..a.rounds {
+            let jl = work.join(format!("loader-{r}.json"));
+            run(Command::new(&bin)
+                .args([
+                    "bench",
+                    "data",
+                    "--threads",
+                    "1,2",
+                    "--count",
+                    &count,
+                    "--shards",
+                ])
+                .arg(&shards)
+                .arg("--json")
+                .arg(&jl))?;
+            for (t, v) in rates(&jl)? {
+                loader[(t - 1) as usize].push(v);
+            }
             let js = work.join(format!("rs-{r}.json"));
             run(Command::new(&bin)
                 .args([
@@ -141,11 +191,12 @@ pub fn run_bench(a: Args) -> Result<()> {
             }
         }
         for t in 0..2 {
-            let (m, p) = (median(&ours[t]), median(&theirs[t]));
+            let (m, l, p) = (median(&ours[t]), median(&loader[t]), median(&theirs[t]));
             table.push_str(&format!(
-                "| {label} | {} | {m:.1} | {} | {p:.1} | {} | {:.2}x |\n",
+                "| {label} | {} | {m:.1} | {} | {l:.1} | {} | {p:.1} | {} | {:.2}x |\n",
                 t + 1,
                 spread(&ours[t]),
+                spread(&loader[t]),
                 spread(&theirs[t]),
                 m / p
             ));
@@ -157,8 +208,10 @@ pub fn run_bench(a: Args) -> Result<()> {
          Decode + RandomResizedCrop 224 (bilinear, scale 0.08-1) + horizontal flip + normalize to CHW f32, images/s on the 20 ImageNet \
          photos of foolbox 3.3.4 (512x512) repeated, {} images per measurement, {} alternating rounds, medians. masksub: `masksub bench data` \
          (vendored zune-jpeg with its progressive-decoding patches, AVX2 resampling; its own threads, 2 untimed images each); PIL: tools/data/bench_pil.py \
-         (torchvision transforms, one process per thread, torch 1 thread each, 2 untimed images each). The rounds' range is given beside each median.\n\n\
-         | JPEGs | threads | masksub img/s | range | PIL+torchvision img/s | range | ratio |\n|---|---|---|---|---|---|---|\n{table}\n\
+         (torchvision transforms, one process per thread, torch 1 thread each, 2 untimed images each). Loader: the same images as WebDataset shards \
+         through masksub's whole training loader (`masksub bench data --shards`: tar reading, shuffle buffer, one worker per thread, batches of 64 \
+         as tensors, timed from the epoch's start), for what training sees. The rounds' range is given beside each median; ratio = masksub / PIL.\n\n\
+         | JPEGs | threads | masksub img/s | range | masksub loader img/s | range | PIL+torchvision img/s | range | ratio |\n|---|---|---|---|---|---|---|---|---|\n{table}\n\
          Load average {load_before} before / {} after. {py_versions}. {}",
         a.count,
         a.rounds,

@@ -313,6 +313,49 @@ fn cli_converts_cifar_photos_and_trains_on_the_shards() {
         "{text}"
     );
     assert!(text.contains("32x32"), "{text}");
+    // The whole streaming loader, timed: every full batch of the 20 samples.
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "data",
+            "--threads",
+            "1",
+            "--count",
+            "20",
+            "--batch-size",
+            "4",
+        ])
+        .arg("--shards")
+        .arg(&shards)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("1 worker(s): ")
+            && text.contains("(20 images in batches of 4"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A <split>/ layout without a validation folder: train is converted, validation skipped.
+    let only_train = dir.path().join("only_train");
+    std::fs::create_dir_all(&only_train).unwrap();
+    std::fs::rename(folder.join("train"), only_train.join("train")).unwrap();
+    let out = Command::new(bin)
+        .args(["data", "convert", "--input"])
+        .arg(&only_train)
+        .arg("--out")
+        .arg(dir.path().join("only_train_shards"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("train: 20 samples")
+            && text.contains("validation: no `validation/` folder"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let cfg = TrainConfig {
         model: "vit_fmnist_tiny".into(),

@@ -6,6 +6,7 @@
 //! augmented on worker threads.
 
 pub mod augment;
+mod buffer_pool;
 pub mod dataset;
 pub mod decode;
 pub mod error;

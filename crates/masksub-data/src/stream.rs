@@ -25,6 +25,7 @@ use masksub_core::rng::purpose;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use crate::buffer_pool::BufferPool;
 use crate::decode::{decode_rgb_into, RgbImage};
 use crate::error::{DataError, Result};
 use crate::hub::HubOptions;
@@ -274,6 +275,11 @@ impl StreamLoader {
         let units = Arc::new(self.units(epoch));
         let ra = cfg.aug.rand_augment();
         let depth = (cfg.batch_size / cfg.workers).max(2) * 2;
+        // Enough buffers for every queued sample, one in each worker's hands and a batch.
+        let pool = BufferPool::new(
+            cfg.aug.sample_len(),
+            cfg.workers * (depth + 1) + cfg.batch_size,
+        );
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
         for w in 0..cfg.workers {
@@ -285,6 +291,7 @@ impl StreamLoader {
                 epoch,
                 global_id: cfg.rank * cfg.workers + w,
                 global,
+                pool: pool.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("masksub-data-{w}"))
@@ -318,6 +325,7 @@ impl StreamLoader {
             bad_examples: Vec::new(),
             error: None,
             done: false,
+            pool,
         }
     }
 }
@@ -330,6 +338,8 @@ struct WorkerJob {
     epoch: usize,
     global_id: usize,
     global: usize,
+    /// Where sample buffers come from (the batch assembler returns them).
+    pool: BufferPool,
 }
 
 impl WorkerJob {
@@ -457,7 +467,8 @@ impl WorkerJob {
         }
         let copies = if self.cfg.train { self.cfg.repeats } else { 1 };
         for _ in 0..copies {
-            let mut data = vec![0f32; self.cfg.aug.sample_len()];
+            // Both transforms write every element, so a recycled buffer needs no clearing.
+            let mut data = self.pool.take();
             if self.cfg.train {
                 let mut rng = stream_rng(
                     purpose::AUGMENT,
@@ -517,6 +528,7 @@ pub struct StreamEpoch {
     bad_examples: Vec<String>,
     error: Option<DataError>,
     done: bool,
+    pool: BufferPool,
 }
 
 /// How many bad-sample messages an epoch keeps for its report.
@@ -550,6 +562,7 @@ impl StreamEpoch {
             bad_examples: Vec::new(),
             error: Some(e),
             done: false,
+            pool: BufferPool::new(0, 0),
         }
     }
 
@@ -607,6 +620,7 @@ impl StreamEpoch {
                 Some(Item::Sample { data, label }) => {
                     images.extend_from_slice(&data);
                     labels.push(label);
+                    self.pool.give(data);
                 }
             }
         }

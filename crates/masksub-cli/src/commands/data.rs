@@ -90,7 +90,22 @@ fn convert(a: ConvertArgs) -> Result<()> {
         .with_context(|| format!("{}: cannot read input folder", a.input.display()))?
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().contains("-ubyte"));
-    for split in a.splits.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    let splits: Vec<&str> = a
+        .splits
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    // An ImageFolder laid out as <split>/<class>/ may have only some of the splits.
+    let split_dirs = !is_idx && splits.iter().any(|s| a.input.join(s).is_dir());
+    for split in splits {
+        if split_dirs && !a.input.join(split).is_dir() {
+            println!(
+                "{split}: no `{split}/` folder in {}, skipped",
+                a.input.display()
+            );
+            continue;
+        }
         let mut w = ShardWriter::new(&a.out, &a.prefix, split, a.samples_per_shard, format)?;
         let classes = if is_idx {
             let s = match split {
