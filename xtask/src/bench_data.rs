@@ -81,6 +81,15 @@ fn shards_of(bin: &Path, dir: &Path, count: usize, out: &Path) -> Result<PathBuf
     Ok(shards)
 }
 
+/// Appends each (threads, rate) to the list of its thread count (1 or 2).
+fn push(into: &mut [Vec<f64>], rates: Vec<(u64, f64)>) {
+    for (t, v) in rates {
+        if let Some(list) = into.get_mut(t as usize - 1) {
+            list.push(v);
+        }
+    }
+}
+
 /// `min-max` of the rounds' rates.
 fn spread(v: &[f64]) -> String {
     let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -135,38 +144,32 @@ pub fn run_bench(a: Args) -> Result<()> {
         // Rates per thread count (1, 2), one entry per round.
         let mut ours: Vec<Vec<f64>> = vec![vec![]; 2];
         let (mut loader, mut theirs) = (ours.clone(), ours.clone());
+        // `masksub bench data` on `--images DIR` or `--shards DIR`: its rate per thread count.
+        let masksub = |source: &str, path: &Path, json: PathBuf| -> Result<Vec<(u64, f64)>> {
+            run(Command::new(&bin)
+                .args([
+                    "bench",
+                    "data",
+                    "--threads",
+                    "1,2",
+                    "--count",
+                    &count,
+                    source,
+                ])
+                .arg(path)
+                .arg("--json")
+                .arg(&json))?;
+            rates(&json)
+        };
         for r in 0..a.rounds {
-            let jl = work.join(format!("loader-{r}.json"));
-            run(Command::new(&bin)
-                .args([
-                    "bench",
-                    "data",
-                    "--threads",
-                    "1,2",
-                    "--count",
-                    &count,
-                    "--shards",
-                ])
-                .arg(&shards)
-                .arg("--json")
-                .arg(&jl))?;
-            for (t, v) in rates(&jl)? {
-                loader[(t - 1) as usize].push(v);
-            }
-            let js = work.join(format!("rs-{r}.json"));
-            run(Command::new(&bin)
-                .args([
-                    "bench",
-                    "data",
-                    "--threads",
-                    "1,2",
-                    "--count",
-                    &count,
-                    "--images",
-                ])
-                .arg(dir)
-                .arg("--json")
-                .arg(&js))?;
+            push(
+                &mut loader,
+                masksub("--shards", &shards, work.join(format!("loader-{r}.json")))?,
+            );
+            push(
+                &mut ours,
+                masksub("--images", dir, work.join(format!("rs-{r}.json")))?,
+            );
             let jp = work.join(format!("py-{r}.json"));
             run(Command::new(&a.python)
                 .arg(&script)
@@ -174,12 +177,7 @@ pub fn run_bench(a: Args) -> Result<()> {
                 .arg(&count)
                 .arg("1,2")
                 .arg(&jp))?;
-            for (t, v) in rates(&js)? {
-                ours[(t - 1) as usize].push(v);
-            }
-            for (t, v) in rates(&jp)? {
-                theirs[(t - 1) as usize].push(v);
-            }
+            push(&mut theirs, rates(&jp)?);
             if py_versions.is_empty() {
                 let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jp)?)?;
                 py_versions = format!(
