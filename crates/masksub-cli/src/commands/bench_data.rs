@@ -162,17 +162,18 @@ pub fn run(a: DataBenchArgs) -> Result<()> {
         })?;
         let secs = t0.elapsed().as_secs_f64();
         let n = per * threads;
+        let decode_share = decode_total / (secs * threads as f64);
         let row = Row {
             threads,
             images: n,
             seconds: secs,
             img_per_s: n as f64 / secs,
-            decode_share: Some(decode_total / (secs * threads as f64)),
+            decode_share: Some(decode_share),
         };
         println!(
             "{threads} thread(s): {:.1} img/s ({n} images, {secs:.2}s, decoding {:.0}% of thread time)",
             row.img_per_s,
-            100.0 * decode_total / (secs * threads as f64)
+            100.0 * decode_share
         );
         rows.push(row);
     }
